@@ -1,0 +1,1 @@
+"""The `vertex-patterns` command line: parse, call the core, print."""

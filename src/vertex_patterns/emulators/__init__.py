@@ -1,0 +1,1 @@
+"""Local test doubles for cloud services (GCS emulator helpers, fault injection)."""

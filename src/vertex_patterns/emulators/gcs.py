@@ -1,0 +1,126 @@
+"""The GCS JSON API on loopback, from the PyPI package gcp-storage-emulator.
+
+`serve_gcs` runs it in this process (what `vertex-patterns emulators up` does);
+`GcsEmulator` runs that command as a child process, so the emulator's request handling never
+competes with the caller's threads for the GIL (tests and benchmarks use it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from types import TracebackType
+from typing import Any
+
+EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
+READY_PREFIX = f"export {EMULATOR_ENV}="
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago on `host`."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def start_gcs_server(host: str, port: int, *, data_dir: str | None = None) -> Any:
+    """Starts gcp-storage-emulator in a thread of this process and returns its server.
+
+    Args:
+        host: The address to bind (loopback).
+        port: The port (0 is not supported by the emulator: use `free_port`).
+        data_dir: Keep objects on disk there; None keeps them in memory.
+    """
+    from gcp_storage_emulator.server import create_server
+
+    logging.getLogger("gcp_storage_emulator").setLevel(logging.WARNING)
+    server = create_server(host, port, in_memory=data_dir is None, data_dir=data_dir)
+    server.start()
+    return server
+
+
+class GcsEmulator:
+    """A gcp-storage-emulator child process on a free loopback port.
+
+    Use as a context manager; `url` is what `STORAGE_EMULATOR_HOST` should hold.
+
+    Args:
+        port: The port; a free one by default.
+        startup_timeout_s: How long to wait for the emulator to answer.
+    """
+
+    def __init__(self, *, port: int | None = None, startup_timeout_s: float = 60.0) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._timeout = startup_timeout_s
+        self._proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> GcsEmulator:
+        """Starts the child and waits until it prints its export line."""
+        env = dict(os.environ)
+        env.pop(EMULATOR_ENV, None)
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "vertex_patterns.cli", "emulators", "up",
+             "--gcs-port", str(self.port), "--only", "gcs"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=env,
+            start_new_session=True,
+        )
+        lines: queue.Queue[str] = queue.Queue()
+        stdout = self._proc.stdout
+        assert stdout is not None
+
+        def pump() -> None:
+            for line in stdout:
+                lines.put(line)
+
+        threading.Thread(target=pump, daemon=True).start()
+        deadline = time.monotonic() + self._timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"GCS emulator exited with code {self._proc.returncode}")
+            try:
+                line = lines.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if line.startswith(READY_PREFIX):
+                return self
+        self.stop()
+        raise RuntimeError(f"GCS emulator did not start within {self._timeout:.0f}s")
+
+    def stop(self) -> None:
+        """Stops the child (SIGTERM, then SIGKILL after 10 s)."""
+        if self._proc is None:
+            return
+        if self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        if self._proc.stdout is not None:
+            with contextlib.suppress(OSError):
+                self._proc.stdout.close()
+        self._proc = None
+
+    def __enter__(self) -> GcsEmulator:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -1,0 +1,217 @@
+"""One small storage interface addressed by URI strings: local paths, `file://` and `gs://`.
+
+    >>> from vertex_patterns.storage import Storage
+    >>> store = Storage()
+    >>> store.write_bytes("gs://my-bucket/data/hello.txt", b"hi")
+    >>> [o.key for o in store.list("gs://my-bucket/data")]
+    ['hello.txt']
+
+Listings are recursive and directory-like: `gs://b/data` lists the objects named `data/...`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from vertex_patterns.errors import ConfigError, IntegrityError, NotFoundError
+from vertex_patterns.storage.base import ObjectInfo
+from vertex_patterns.storage.checksum import crc32c_bytes, crc32c_file
+from vertex_patterns.storage.gcs import GcsBackend
+from vertex_patterns.storage.local import LocalBackend
+from vertex_patterns.storage.retry import DEFAULT_RETRY, RetryPolicy
+from vertex_patterns.storage.uri import (
+    StorageUri,
+    parse_uri,
+    safe_local_path,
+    validate_object_key,
+)
+
+__all__ = [
+    "CopyResult",
+    "GcsBackend",
+    "LocalBackend",
+    "ObjectInfo",
+    "RetryPolicy",
+    "Storage",
+    "StorageUri",
+    "crc32c_bytes",
+    "crc32c_file",
+    "parse_uri",
+    "safe_local_path",
+    "validate_object_key",
+]
+
+
+@dataclass(frozen=True)
+class CopyResult:
+    """The outcome of one verified object copy.
+
+    Attributes:
+        destination: The written object's metadata.
+        bytes_through_client: Bytes this process read or wrote (0 for a server-side copy).
+    """
+
+    destination: ObjectInfo
+    bytes_through_client: int
+
+
+class Storage:
+    """Dispatches URI-addressed calls to the local or GCS backend.
+
+    Args:
+        gcs: The GCS backend; by default one that follows `STORAGE_EMULATOR_HOST` or uses
+            Application Default Credentials.
+        local: The local backend.
+        retry: The retry policy for a default GCS backend.
+    """
+
+    def __init__(
+        self,
+        *,
+        gcs: GcsBackend | None = None,
+        local: LocalBackend | None = None,
+        retry: RetryPolicy = DEFAULT_RETRY,
+    ) -> None:
+        self.gcs = gcs or GcsBackend(retry=retry)
+        self.local = local or LocalBackend()
+
+    def _backend(self, location: StorageUri) -> GcsBackend | LocalBackend:
+        return self.gcs if location.is_gcs else self.local
+
+    def list(self, uri: str, *, with_crc32c: bool = False) -> Iterator[ObjectInfo]:
+        """Yields every object below `uri`, recursively, with keys relative to it.
+
+        Args:
+            uri: A prefix (`gs://bucket/prefix`) or a local directory.
+            with_crc32c: Also compute CRC32C for local files (GCS always reports it).
+
+        Raises:
+            NotFoundError: The bucket does not exist.
+        """
+        location = parse_uri(uri)
+        return self._backend(location).list(location, with_crc32c=with_crc32c)
+
+    def stat(self, uri: str) -> ObjectInfo | None:
+        """One object's metadata (CRC32C included), or None when it does not exist."""
+        location = parse_uri(uri)
+        return self._backend(location).stat(location)
+
+    def exists(self, uri: str) -> bool:
+        """True when the object exists."""
+        location = parse_uri(uri)
+        return self._backend(location).stat(location, with_crc32c=False) is not None
+
+    def bucket_exists(self, uri: str) -> bool:
+        """For `gs://` URIs, whether the bucket exists; always True for local paths."""
+        location = parse_uri(uri)
+        return self.gcs.bucket_exists(location) if location.is_gcs else True
+
+    def read_bytes(self, uri: str) -> bytes:
+        """The whole object; for small objects (manifests, configs)."""
+        location = parse_uri(uri)
+        return self._backend(location).read_bytes(location)
+
+    def write_bytes(self, uri: str, data: bytes) -> ObjectInfo:
+        """Writes a whole object; readers see the old or the new bytes, never a mix."""
+        location = parse_uri(uri)
+        return self._backend(location).write_bytes(location, data)
+
+    def upload_file(self, local_path: str, uri: str) -> ObjectInfo:
+        """Streams a local file to `uri`, verified by CRC32C."""
+        location = parse_uri(uri)
+        crc = crc32c_file(local_path)
+        info = self._backend(location).upload_file(local_path, location, crc32c=crc)
+        _verify(info, crc)
+        return info
+
+    def download_file(self, uri: str, local_path: str) -> ObjectInfo:
+        """Streams the object at `uri` into `local_path` (temporary name, then rename)."""
+        location = parse_uri(uri)
+        if location.is_gcs:
+            info, _ = self.gcs.download_file(location, local_path)
+            return info
+        crc = crc32c_file(location.path) if self.local.stat(location, with_crc32c=False) else None
+        if crc is None:
+            raise NotFoundError(f"{uri}: not found", uri=uri)
+        info, _ = self.local.download_file(location, local_path, crc32c=crc)
+        return info
+
+    def delete(self, uri: str, *, generation: int | None = None) -> None:
+        """Deletes one object; deleting a missing object is not an error."""
+        location = parse_uri(uri)
+        self._backend(location).delete(location, generation=generation)
+
+    def copy(
+        self,
+        source: ObjectInfo,
+        dest_uri: str,
+        *,
+        expected_generation: int | None = None,
+    ) -> CopyResult:
+        """Copies one object anywhere to anywhere and verifies the destination's CRC32C.
+
+        gs→gs is a server-side rewrite (no bytes through this process); the other pairs
+        stream. Local destinations are written under a temporary name and renamed once
+        verified.
+
+        Args:
+            source: The source object's metadata; `crc32c` is computed when missing.
+            dest_uri: Where to write.
+            expected_generation: The destination's generation as last listed (0: absent),
+                the precondition for GCS writes; None stats it first.
+
+        Raises:
+            IntegrityError: The destination's CRC32C differs from the source's.
+            StorageError: The copy failed (after retries for transient errors).
+        """
+        src = parse_uri(source.uri)
+        dst = parse_uri(dest_uri)
+        crc = source.crc32c
+        if crc is None:
+            crc = self._crc32c(src)
+        moved = source.size
+        if src.is_gcs and dst.is_gcs:
+            info = self.gcs.rewrite(
+                ObjectInfo(uri=source.uri, key=source.key, size=source.size, crc32c=crc,
+                           generation=source.generation),
+                dst,
+                expected_generation=expected_generation,
+            )
+            moved = 0
+        elif src.is_gcs:
+            _, written = self.gcs.download_file(src, dst.path, crc32c=crc)
+            info = ObjectInfo(uri=dst.path, key="", size=source.size, crc32c=written)
+        elif dst.is_gcs:
+            info = self.gcs.upload_file(
+                src.path, dst, expected_generation=expected_generation, crc32c=crc
+            )
+        else:
+            info = self.local.upload_file(src.path, dst, crc32c=crc)
+        _verify(info, crc)
+        return CopyResult(destination=info, bytes_through_client=moved)
+
+
+    def _crc32c(self, location: StorageUri) -> str | None:
+        if not location.is_gcs:
+            return crc32c_file(location.path)
+        info = self.gcs.stat(location)
+        if info is None:
+            raise NotFoundError(f"{location}: not found", uri=str(location))
+        return info.crc32c
+
+
+def _verify(info: ObjectInfo, expected_crc32c: str | None) -> None:
+    if expected_crc32c is not None and info.crc32c != expected_crc32c:
+        raise IntegrityError(
+            f"{info.uri}: CRC32C {info.crc32c} does not match the source's {expected_crc32c}",
+            uri=info.uri,
+        )
+
+
+def require_gcs_uri(uri: str) -> StorageUri:
+    """Parses `uri` and insists on `gs://` (for features that only make sense on GCS)."""
+    location = parse_uri(uri)
+    if not location.is_gcs:
+        raise ConfigError(f"{uri!r} is not a gs:// URI")
+    return location
