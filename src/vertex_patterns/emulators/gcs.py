@@ -38,9 +38,17 @@ def start_gcs_server(host: str, port: int, *, data_dir: str | None = None) -> An
         host: The address to bind (loopback).
         port: The port (0 is not supported by the emulator: use `free_port`).
         data_dir: Keep objects on disk there; None keeps them in memory.
+
+    Raises:
+        OSError: The port is taken.
     """
     from gcp_storage_emulator.server import create_server
 
+    # The emulator binds inside its own thread and waits forever if that fails, so a taken
+    # port is detected here first (same SO_REUSEADDR setting as its HTTPServer).
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))
     logging.getLogger("gcp_storage_emulator").setLevel(logging.WARNING)
     server = create_server(host, port, in_memory=data_dir is None, data_dir=data_dir)
     server.start()

@@ -78,6 +78,31 @@ class ReplicationReport:
         """The report as indented JSON."""
         return json.dumps(self.to_dict(), indent=2) + "\n"
 
+    def metrics(self) -> dict[str, float]:
+        """Flat metrics for `dsl.Metrics`: `d<i>_copied`, ..., keyed by destination index."""
+        out: dict[str, float] = {"ok": 1.0 if self.ok else 0.0}
+        for i, d in enumerate(self.destinations):
+            for name in ("copied", "skipped", "deleted", "failed", "bytes_copied",
+                         "bytes_through_client"):
+                out[f"d{i}_{name}"] = float(getattr(d, name))
+            out[f"d{i}_seconds"] = round(d.seconds, 3)
+        return out
+
+    def to_markdown(self) -> str:
+        """The report as a Markdown table (for `dsl.Markdown` outputs)."""
+        lines = [f"### Replication of `{self.source}`: {'OK' if self.ok else 'FAILED'}", "",
+                 "| destination | copied | skipped | deleted | failed | bytes copied "
+                 "| via client | seconds |",
+                 "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for d in self.destinations:
+            lines.append(f"| `{d.uri}` | {d.copied} | {d.skipped} | {d.deleted} | {d.failed} "
+                         f"| {human_bytes(d.bytes_copied)} "
+                         f"| {human_bytes(d.bytes_through_client)} | {d.seconds:.2f} |")
+        errors = [e for d in self.destinations for e in d.errors]
+        if errors:
+            lines += ["", "Errors:", ""] + [f"- {e}" for e in errors]
+        return "\n".join(lines) + "\n"
+
     def to_table(self) -> str:
         """A fixed-width table for terminals and logs."""
         headers = ["destination", "copied", "skipped", "deleted", "failed", "bytes copied",

@@ -1,0 +1,48 @@
+# Everything a fresh machine needs, from the project's own files.
+# `make demo` runs the main job on the embedded emulators; `make test` runs the whole suite.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_VERSION ?= 2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: venv demo test lint typecheck unit bench bench-deps compile clean
+
+venv: $(STAMP)
+
+# torch first, pinned: a bare `torch` requirement with no torch installed would pull a
+# multi-GB CUDA build. An already-installed torch (CPU or CUDA) satisfies torch>=2.4.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==$(TORCH_VERSION)
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+demo: venv
+	$(BIN)/vertex-patterns demo
+
+lint: venv
+	$(BIN)/ruff check src tests bench
+
+typecheck: venv
+	$(BIN)/mypy
+
+unit: venv
+	$(BIN)/python -m pytest -q
+
+test: lint typecheck unit
+
+compile: venv
+	$(BIN)/vertex-patterns compile
+
+# rclone is the peer the replication benchmark measures against (Debian package).
+bench-deps:
+	command -v rclone >/dev/null || (apt-get update -qq && apt-get install -y -qq rclone)
+
+bench: venv bench-deps
+	$(BIN)/python bench/replication.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

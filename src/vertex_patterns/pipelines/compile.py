@@ -1,0 +1,29 @@
+"""`vertex-patterns compile`: regenerate components/*.yaml and pipelines/*.json."""
+
+from __future__ import annotations
+
+import os
+
+from kfp import compiler
+
+from vertex_patterns.pipelines.replicate_data import replicate_data
+
+COMPONENTS = {
+    "replicate_data": replicate_data,
+}
+
+
+def compile_all(output_root: str) -> list[str]:
+    """Compiles every component (and pipeline) under `output_root`.
+
+    Returns:
+        The paths written.
+    """
+    written = []
+    comp_dir = os.path.join(output_root, "components")
+    os.makedirs(comp_dir, exist_ok=True)
+    for name, component in COMPONENTS.items():
+        path = os.path.join(comp_dir, f"{name}.yaml")
+        compiler.Compiler().compile(component, path)
+        written.append(path)
+    return written

@@ -1,0 +1,115 @@
+"""One conformance suite, run against both backends: local disk and the GCS emulator."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from conftest import read_tree, write_tree
+
+from vertex_patterns.errors import NotFoundError
+from vertex_patterns.storage import Storage, crc32c_bytes, crc32c_file
+
+
+class TestReadWriteList:
+    """What is written reads back byte for byte and lists recursively with its metadata."""
+
+    def test_round_trip_and_listing(self, store: Storage, root_uri: str) -> None:
+        files = {"a.txt": b"alpha", "sub/b.bin": os.urandom(1000), "sub/deeper/c": b""}
+        write_tree(store, root_uri, files)
+        assert read_tree(store, root_uri) == files
+        listed = {o.key: o for o in store.list(root_uri, with_crc32c=True)}
+        assert set(listed) == set(files)
+        for key, data in files.items():
+            assert listed[key].size == len(data)
+            assert listed[key].crc32c == crc32c_bytes(data)
+            assert listed[key].updated is not None
+        if root_uri.startswith("gs://"):
+            assert all(o.generation for o in listed.values())
+            assert listed["a.txt"].md5 is not None
+
+    def test_listing_a_prefix_is_directory_like(self, store: Storage, root_uri: str) -> None:
+        write_tree(store, root_uri, {"data/x": b"1", "database/y": b"2"})
+        assert [o.key for o in store.list(f"{root_uri}/data")] == ["x"]
+        assert list(store.list(f"{root_uri}/missing")) == []
+
+    def test_stat_exists_delete(self, store: Storage, root_uri: str) -> None:
+        uri = f"{root_uri}/obj"
+        assert store.stat(uri) is None and not store.exists(uri)
+        store.write_bytes(uri, b"hello")
+        info = store.stat(uri)
+        assert info is not None and info.size == 5 and info.crc32c == crc32c_bytes(b"hello")
+        assert store.exists(uri)
+        store.delete(uri)
+        assert not store.exists(uri)
+        store.delete(uri)  # deleting a missing object is not an error
+
+    def test_overwrite_replaces_whole_object(self, store: Storage, root_uri: str) -> None:
+        uri = f"{root_uri}/obj"
+        store.write_bytes(uri, b"first version, longer")
+        store.write_bytes(uri, b"second")
+        assert store.read_bytes(uri) == b"second"
+
+    def test_read_missing_raises_not_found(self, store: Storage, root_uri: str) -> None:
+        with pytest.raises(NotFoundError, match="obj-missing"):
+            store.read_bytes(f"{root_uri}/obj-missing")
+
+
+class TestStreaming:
+    """Files stream up and down (a resumable upload above 8 MiB) and verify by CRC32C."""
+
+    def test_upload_download_large(self, store: Storage, root_uri: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+        src = tmp_path / "big.bin"
+        src.write_bytes(os.urandom(9 * 1024 * 1024 + 123))
+        info = store.upload_file(str(src), f"{root_uri}/big.bin")
+        assert info.size == src.stat().st_size
+        assert info.crc32c == crc32c_file(str(src))
+        out = tmp_path / "out" / "big.bin"
+        store.download_file(f"{root_uri}/big.bin", str(out))
+        assert out.read_bytes() == src.read_bytes()
+        assert [p for p in os.listdir(out.parent) if "vptmp" in p] == []
+
+    def test_copy_across_backends(self, store: Storage, root_uri: str, make_bucket, tmp_path) -> None:  # type: ignore[no-untyped-def]
+        store.write_bytes(f"{root_uri}/x", b"payload")
+        src = store.stat(f"{root_uri}/x")
+        assert src is not None
+        targets = [str(tmp_path / "local-copy"), f"gs://{make_bucket('copy')}/x"]
+        for target in targets:
+            result = store.copy(src, target)
+            assert store.read_bytes(target) == b"payload"
+            server_side = root_uri.startswith("gs://") and target.startswith("gs://")
+            assert result.bytes_through_client == (0 if server_side else len(b"payload"))
+
+
+class TestMissingBucket:
+    """A missing bucket is a NotFoundError naming it, not an empty listing."""
+
+    def test_list_missing_bucket(self, store: Storage) -> None:
+        with pytest.raises(NotFoundError, match="gs://no-such-bucket-xyz"):
+            list(store.list("gs://no-such-bucket-xyz/data"))
+        assert not store.bucket_exists("gs://no-such-bucket-xyz")
+
+
+class TestLocalAtomicity:
+    """Local writes go to a temporary name; listings never show temporary files."""
+
+    def test_temp_files_hidden_and_cleaned(self, store: Storage, tmp_path) -> None:  # type: ignore[no-untyped-def]
+        from vertex_patterns.storage.local import remove_stale_temp_files
+
+        root = tmp_path / "r"
+        root.mkdir()
+        (root / "real").write_bytes(b"x")
+        # A temporary file left by a crashed writer (pid 999999 does not run).
+        (root / ".real.vptmp-999999-0123abcd").write_bytes(b"partial")
+        assert [o.key for o in store.list(str(root))] == ["real"]
+        assert remove_stale_temp_files(str(root)) == 1
+        assert sorted(os.listdir(root)) == ["real"]
+
+    def test_failed_write_leaves_nothing(self, tmp_path) -> None:  # type: ignore[no-untyped-def]
+        from vertex_patterns.storage.local import atomic_write
+
+        final = tmp_path / "f.bin"
+        with pytest.raises(RuntimeError), atomic_write(str(final)) as f:
+            f.write(b"half")
+            raise RuntimeError("crash mid-write")
+        assert os.listdir(tmp_path) == []
