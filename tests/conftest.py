@@ -34,7 +34,7 @@ def store(gcs_emulator: GcsEmulator) -> Storage:
 
 
 @pytest.fixture
-def make_bucket(store: Storage):  # type: ignore[no-untyped-def]
+def make_bucket(store: Storage):
     """Creates uniquely named buckets on the emulator: `make_bucket("src") -> "src-1a2b3c"`."""
 
     def make(stem: str = "b") -> str:
@@ -46,13 +46,13 @@ def make_bucket(store: Storage):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def bucket(make_bucket) -> str:  # type: ignore[no-untyped-def]
+def bucket(make_bucket) -> str:
     """One fresh bucket name."""
     return make_bucket("t")
 
 
 @pytest.fixture(params=["local", "gcs"])
-def root_uri(request: pytest.FixtureRequest, tmp_path, make_bucket) -> str:  # type: ignore[no-untyped-def]
+def root_uri(request: pytest.FixtureRequest, tmp_path, make_bucket) -> str:
     """A writable root URI on each backend, for suites that must behave the same on both."""
     if request.param == "local":
         return str(tmp_path / "root")

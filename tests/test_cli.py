@@ -10,8 +10,8 @@ import sys
 import time
 
 import pytest
-from conftest import read_tree, write_tree
 
+from conftest import read_tree, write_tree
 from vertex_patterns.emulators.gcs import EMULATOR_ENV, GcsEmulator, free_port
 from vertex_patterns.storage import Storage
 
@@ -32,7 +32,7 @@ def assert_one_line_error(proc: subprocess.CompletedProcess[str], needle: str) -
 class TestBadInput:
     """Each bad input: one line naming the problem, exit 2, nothing written."""
 
-    def test_bad_uris_and_options(self, gcs_emulator: GcsEmulator, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    def test_bad_uris_and_options(self, gcs_emulator: GcsEmulator, tmp_path) -> None:
         dst = str(tmp_path / "dst")
         assert_one_line_error(run_cli("replicate", "gs:/x", dst), "gs:/x")
         assert_one_line_error(run_cli("replicate", "gs://", dst), "no bucket")
@@ -42,7 +42,7 @@ class TestBadInput:
         assert_one_line_error(run_cli("replicate", "--bogus", str(tmp_path), dst), "--bogus")
         assert not os.path.exists(dst)
 
-    def test_missing_bucket_and_overlap(self, store: Storage, bucket: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    def test_missing_bucket_and_overlap(self, store: Storage, bucket: str, tmp_path) -> None:
         write_tree(store, f"gs://{bucket}/d", {"a": b"1"})
         assert_one_line_error(run_cli("replicate", f"gs://{bucket}/d", "gs://nope-bkt-404/x"),
                               "gs://nope-bkt-404")
@@ -52,7 +52,7 @@ class TestBadInput:
                               "overlapping")
         assert [o.key for o in store.list(f"gs://{bucket}")] == ["d/a"]
 
-    def test_empty_source_with_delete(self, store: Storage, bucket: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    def test_empty_source_with_delete(self, store: Storage, bucket: str, tmp_path) -> None:
         empty = tmp_path / "empty"
         empty.mkdir()
         write_tree(store, f"gs://{bucket}/d", {"keep": b"1"})
@@ -64,7 +64,7 @@ class TestBadInput:
 class TestReport:
     """The table goes to stdout; --report writes the documented JSON shape; exit 0 on success."""
 
-    def test_report_json(self, store: Storage, bucket: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    def test_report_json(self, store: Storage, bucket: str, tmp_path) -> None:
         src = tmp_path / "src"
         write_tree(store, str(src), {"a": b"12345", "b/c": b"6"})
         report_file = tmp_path / "report.json"
@@ -83,7 +83,7 @@ class TestReport:
 class TestInterruptResume:
     """A run killed mid-way leaves no partial file; re-running finishes without recopying."""
 
-    def test_sigkill_then_resume(self, store: Storage, bucket: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    def test_sigkill_then_resume(self, store: Storage, bucket: str, tmp_path) -> None:
         src = f"gs://{bucket}/data"
         files = {f"obj-{i:04d}": os.urandom(256 * 1024) for i in range(120)}
         write_tree(store, src, files)
@@ -117,7 +117,7 @@ class TestInterruptResume:
 class TestEmulatorsUp:
     """`emulators up` prints the export line, serves the GCS API, and stops on SIGTERM."""
 
-    def test_up_and_sigterm(self, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    def test_up_and_sigterm(self, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
         port = free_port()
         env = {k: v for k, v in os.environ.items() if k != EMULATOR_ENV}
         proc = subprocess.Popen(
@@ -127,17 +127,14 @@ class TestEmulatorsUp:
             assert proc.stdout is not None
             first = proc.stdout.readline().strip()
             assert first == f"export {EMULATOR_ENV}=http://127.0.0.1:{port}"
-            os.environ[EMULATOR_ENV] = first.split("=", 1)[1]
-            try:
-                store = Storage()
-                store.gcs.client().create_bucket("up-test")
-                store.write_bytes("gs://up-test/x", b"hi")
-                assert store.read_bytes("gs://up-test/x") == b"hi"
-            finally:
-                os.environ.pop(EMULATOR_ENV)
+            monkeypatch.setenv(EMULATOR_ENV, first.split("=", 1)[1])
+            store = Storage()
+            store.gcs.client().create_bucket("up-test")
+            store.write_bytes("gs://up-test/x", b"hi")
+            assert store.read_bytes("gs://up-test/x") == b"hi"
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=20) == 0
-            assert "Traceback" not in proc.stderr.read()  # type: ignore[union-attr]
+            assert "Traceback" not in proc.stderr.read()
         finally:
             if proc.poll() is None:
                 proc.kill()

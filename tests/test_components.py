@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import read_tree, write_tree
 
+from conftest import read_tree, write_tree
 from vertex_patterns.storage import Storage
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,7 +22,7 @@ def _normalise(text: str) -> str:
 class TestGoldenFiles:
     """components/*.yaml is exactly what `vertex-patterns compile` produces now."""
 
-    def test_compiled_components_are_current(self, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    def test_compiled_components_are_current(self, tmp_path) -> None:
         from vertex_patterns.pipelines.compile import compile_all
 
         written = compile_all(str(tmp_path))
@@ -43,7 +43,7 @@ class TestGoldenFiles:
 
 
 @pytest.fixture
-def kfp_local(tmp_path):  # type: ignore[no-untyped-def]
+def kfp_local(tmp_path):
     from kfp import local
 
     local.init(runner=local.SubprocessRunner(use_venv=False),
@@ -54,7 +54,7 @@ def kfp_local(tmp_path):  # type: ignore[no-untyped-def]
 class TestReplicateDataComponent:
     """replicate_data runs under kfp.local against the emulator and reports its metrics."""
 
-    def test_runs_locally(self, store: Storage, make_bucket, kfp_local) -> None:  # type: ignore[no-untyped-def]
+    def test_runs_locally(self, store: Storage, make_bucket, kfp_local) -> None:
         from vertex_patterns.pipelines.replicate_data import replicate_data
 
         files = {"a.bin": os.urandom(5000), "dir/b.bin": os.urandom(7000)}
@@ -75,7 +75,7 @@ class TestReplicateDataComponent:
         assert again.outputs["metrics"].metadata["d0_skipped"] == 2
         assert json.dumps(again.outputs["metrics"].metadata)
 
-    def test_failure_fails_the_task(self, store: Storage, make_bucket, kfp_local) -> None:  # type: ignore[no-untyped-def]
+    def test_failure_fails_the_task(self, store: Storage, make_bucket, kfp_local) -> None:
         from vertex_patterns.pipelines.replicate_data import replicate_data
 
         with pytest.raises(RuntimeError):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 
 import pytest
-from conftest import read_tree, write_tree
 
+from conftest import read_tree, write_tree
 from vertex_patterns.errors import ConfigError
 from vertex_patterns.replication import replicate
 from vertex_patterns.storage import Storage
@@ -19,7 +19,7 @@ FILES = {f"part-{i:03d}.bin": os.urandom(1000 + i) for i in range(30)} | {
 class TestFanOut:
     """Every source object reaches every destination, local and gs:// mixed, verified."""
 
-    def test_local_to_many(self, store: Storage, make_bucket, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    def test_local_to_many(self, store: Storage, make_bucket, tmp_path) -> None:
         src = str(tmp_path / "src")
         write_tree(store, src, FILES)
         dests = [f"gs://{make_bucket('us')}/data", f"gs://{make_bucket('eu')}/data",
@@ -31,7 +31,7 @@ class TestFanOut:
             assert d.bytes_copied == sum(map(len, FILES.values()))
             assert read_tree(store, dest) == FILES
 
-    def test_gs_to_gs_is_server_side(self, store: Storage, make_bucket) -> None:  # type: ignore[no-untyped-def]
+    def test_gs_to_gs_is_server_side(self, store: Storage, make_bucket) -> None:
         src = f"gs://{make_bucket('src')}/data"
         write_tree(store, src, FILES)
         dst = f"gs://{make_bucket('dst')}/mirror"
@@ -44,7 +44,9 @@ class TestFanOut:
 class TestIncremental:
     """Unchanged objects (same size and CRC32C) are skipped; changed ones are copied."""
 
-    def test_rerun_copies_nothing_then_only_changes(self, store: Storage, make_bucket, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    def test_rerun_copies_nothing_then_only_changes(
+        self, store: Storage, make_bucket, tmp_path
+    ) -> None:
         src = f"gs://{make_bucket('src')}/d"
         write_tree(store, src, FILES)
         dests = [f"gs://{make_bucket('dst')}/d", str(tmp_path / "local")]
@@ -61,7 +63,7 @@ class TestIncremental:
 class TestDelete:
     """--delete prunes extra objects, but never empties destinations from an empty source."""
 
-    def test_delete_extra(self, store: Storage, make_bucket) -> None:  # type: ignore[no-untyped-def]
+    def test_delete_extra(self, store: Storage, make_bucket) -> None:
         src, dst = f"gs://{make_bucket('s')}/d", f"gs://{make_bucket('d')}/d"
         write_tree(store, src, {"keep": b"1"})
         write_tree(store, dst, {"keep": b"1", "stale": b"2", "old/x": b"3"})
@@ -71,7 +73,7 @@ class TestDelete:
         assert report.destinations[0].deleted == 2
         assert read_tree(store, dst) == {"keep": b"1"}
 
-    def test_empty_source_refused(self, store: Storage, make_bucket) -> None:  # type: ignore[no-untyped-def]
+    def test_empty_source_refused(self, store: Storage, make_bucket) -> None:
         src, dst = f"gs://{make_bucket('s')}/empty", f"gs://{make_bucket('d')}/d"
         write_tree(store, dst, {"precious": b"1"})
         with pytest.raises(ConfigError, match="allow-empty-source"):
@@ -84,7 +86,7 @@ class TestDelete:
 class TestDryRun:
     """--dry-run prints the plan and writes nothing."""
 
-    def test_nothing_written(self, store: Storage, make_bucket, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    def test_nothing_written(self, store: Storage, make_bucket, tmp_path, capsys) -> None:
         src = str(tmp_path / "src")
         write_tree(store, src, {"a": b"1", "b": b"2"})
         dst = f"gs://{make_bucket('d')}/d"
@@ -99,7 +101,7 @@ class TestDryRun:
 class TestPathEscape:
     """Object names that would escape a local destination are refused; nothing lands outside."""
 
-    def test_escaping_names_fail_others_copy(self, store: Storage, bucket: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    def test_escaping_names_fail_others_copy(self, store: Storage, bucket: str, tmp_path) -> None:
         client = store.gcs.client()
         # The emulator cannot store names with '..' segments (tests/test_uri.py covers those);
         # these it stores: a backslash, a '.' segment, and '//' (an absolute key, "/y").
@@ -126,7 +128,7 @@ class TestBadInput:
             replicate(f"gs://{bucket}/d", [f"gs://{bucket}/d{dst_suffix}"], progress=False)
         assert [o.key for o in store.list(f"gs://{bucket}")] == ["d/a"]
 
-    def test_missing_buckets(self, store: Storage, bucket: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    def test_missing_buckets(self, store: Storage, bucket: str, tmp_path) -> None:
         with pytest.raises(ConfigError, match="gs://no-such-src-bkt"):
             replicate("gs://no-such-src-bkt/x", [str(tmp_path / "d")], progress=False)
         write_tree(store, f"gs://{bucket}/d", {"a": b"1"})
@@ -135,6 +137,6 @@ class TestBadInput:
                       progress=False)
         assert not (tmp_path / "d").exists()  # nothing written to the good destination
 
-    def test_missing_local_source(self, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    def test_missing_local_source(self, tmp_path) -> None:
         with pytest.raises(ConfigError, match="does not exist"):
             replicate(str(tmp_path / "nope"), [str(tmp_path / "d")], progress=False)

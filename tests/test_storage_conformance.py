@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 
 import pytest
-from conftest import read_tree, write_tree
 
+from conftest import read_tree, write_tree
 from vertex_patterns.errors import NotFoundError
 from vertex_patterns.storage import Storage, crc32c_bytes, crc32c_file
 
@@ -58,7 +58,7 @@ class TestReadWriteList:
 class TestStreaming:
     """Files stream up and down (a resumable upload above 8 MiB) and verify by CRC32C."""
 
-    def test_upload_download_large(self, store: Storage, root_uri: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    def test_upload_download_large(self, store: Storage, root_uri: str, tmp_path) -> None:
         src = tmp_path / "big.bin"
         src.write_bytes(os.urandom(9 * 1024 * 1024 + 123))
         info = store.upload_file(str(src), f"{root_uri}/big.bin")
@@ -69,7 +69,9 @@ class TestStreaming:
         assert out.read_bytes() == src.read_bytes()
         assert [p for p in os.listdir(out.parent) if "vptmp" in p] == []
 
-    def test_copy_across_backends(self, store: Storage, root_uri: str, make_bucket, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    def test_copy_across_backends(
+        self, store: Storage, root_uri: str, make_bucket, tmp_path
+    ) -> None:
         store.write_bytes(f"{root_uri}/x", b"payload")
         src = store.stat(f"{root_uri}/x")
         assert src is not None
@@ -93,7 +95,7 @@ class TestMissingBucket:
 class TestLocalAtomicity:
     """Local writes go to a temporary name; listings never show temporary files."""
 
-    def test_temp_files_hidden_and_cleaned(self, store: Storage, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    def test_temp_files_hidden_and_cleaned(self, store: Storage, tmp_path) -> None:
         from vertex_patterns.storage.local import remove_stale_temp_files
 
         root = tmp_path / "r"
@@ -105,7 +107,7 @@ class TestLocalAtomicity:
         assert remove_stale_temp_files(str(root)) == 1
         assert sorted(os.listdir(root)) == ["real"]
 
-    def test_failed_write_leaves_nothing(self, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    def test_failed_write_leaves_nothing(self, tmp_path) -> None:
         from vertex_patterns.storage.local import atomic_write
 
         final = tmp_path / "f.bin"

@@ -20,7 +20,7 @@ class TestParse:
         assert u.dir_prefix() == "data/train/"
         assert parse_uri("gs://my-bucket").dir_prefix() == ""
 
-    def test_local_and_file(self, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    def test_local_and_file(self, tmp_path) -> None:
         assert parse_uri(str(tmp_path)).path == str(tmp_path)
         assert parse_uri(f"file://{tmp_path}").path == str(tmp_path)
         assert parse_uri("relative/dir").path == os.path.abspath("relative/dir")
@@ -49,17 +49,17 @@ class TestObjectKeys:
     @pytest.mark.parametrize(
         "key", ["../evil", "a/../../evil", "/etc/passwd", "a\\b", "a/./b", "a//b", "x\x00y", ""]
     )
-    def test_refused(self, key: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    def test_refused(self, key: str, tmp_path) -> None:
         with pytest.raises(ConfigError):
             validate_object_key(key)
         with pytest.raises(ConfigError):
             safe_local_path(str(tmp_path), key)
 
-    def test_accepted(self, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    def test_accepted(self, tmp_path) -> None:
         p = safe_local_path(str(tmp_path), "a/b/c..d.txt")
         assert p == os.path.join(os.path.realpath(tmp_path), "a", "b", "c..d.txt")
 
-    def test_symlink_escape_refused(self, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    def test_symlink_escape_refused(self, tmp_path) -> None:
         outside = tmp_path / "outside"
         outside.mkdir()
         root = tmp_path / "root"

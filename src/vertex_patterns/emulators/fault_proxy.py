@@ -13,6 +13,12 @@ upstream URLs in ``Location`` headers (resumable-upload session URIs) and in JSO
 (``mediaLink``) are rewritten to the proxy's own base URL so that follow-up requests keep
 flowing through the proxy.
 
+Faults are assigned in request *arrival* order, so positions are reproducible only for
+sequential traffic. Note that google-cloud-storage >= 3.x issues a background
+``GET /storage/v1/b/{bucket}`` (bucket metadata for OpenTelemetry) on a client's first
+object operation per bucket, which races with the foreground request for a draw; set
+``DISABLE_GCS_PYTHON_CLIENT_OTEL_BUCKET_METADATA=true`` when exact positions matter.
+
 Typical use in a test::
 
     config = FaultConfig(seed=7, rate_503=0.2, rate_drop=0.05)
@@ -42,6 +48,7 @@ import random
 import signal
 import sys
 import threading
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -54,10 +61,15 @@ __all__ = ["STAT_KEYS", "FaultConfig", "FaultProxy", "main"]
 log = logging.getLogger(__name__)
 
 #: Keys of the dictionary returned by `FaultProxy.stats`.
-STAT_KEYS: tuple[str, ...] = ("requests", "forwarded", "503", "429", "drop_before", "drop_after")
+STAT_KEYS: tuple[str, ...] = (
+    "requests", "forwarded", "503", "429", "drop_before", "drop_after", "corrupt",
+)
 
 _COPY_CHUNK = 1024 * 1024
 """Block size used when streaming request and response bodies."""
+
+_HISTORY_LEN = 10_000
+"""How many recent requests `FaultProxy.history` remembers."""
 
 _MAX_JSON_REWRITE = 8 * 1024 * 1024
 """JSON response bodies up to this size are buffered to rewrite upstream URLs in them."""
@@ -97,6 +109,7 @@ class _Action(enum.Enum):
     FAIL_429 = "429"
     DROP_BEFORE = "drop_before"
     DROP_AFTER = "drop_after"
+    CORRUPT = "corrupt"
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -126,6 +139,11 @@ class FaultConfig:
     processed it and its response has been discarded, so the client cannot tell whether
     its request took effect."""
 
+    rate_corrupt: float = 0.0
+    """Probability in [0, 1] of forwarding a request but flipping the first byte of a media
+    download's body (``alt=media``), as a damaged transfer would; other requests drawn for
+    corruption are forwarded untouched. Tests checksum verification end to end."""
+
     max_consecutive_faults: int | None = None
     """If set, after this many faults in a row the next request is forwarded regardless of
     the draw (the draw is still consumed, so positions stay reproducible). ``None`` means
@@ -138,7 +156,8 @@ class FaultConfig:
             ValueError: If a rate is not a number in [0, 1], the rates sum to more than 1,
                 or ``max_consecutive_faults`` is negative.
         """
-        rates = {"rate_503": self.rate_503, "rate_429": self.rate_429, "rate_drop": self.rate_drop}
+        rates = {"rate_503": self.rate_503, "rate_429": self.rate_429,
+                 "rate_drop": self.rate_drop, "rate_corrupt": self.rate_corrupt}
         for name, value in rates.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(
@@ -166,7 +185,7 @@ class FaultConfig:
     @property
     def fault_rate(self) -> float:
         """Total probability that a request (before the consecutive cap) is faulted."""
-        return self.rate_503 + self.rate_429 + self.rate_drop
+        return self.rate_503 + self.rate_429 + self.rate_drop + self.rate_corrupt
 
     def _action_for(self, u: float) -> _Action:
         """Map one uniform draw ``u`` in [0, 1) to an action (ignoring the cap)."""
@@ -182,6 +201,9 @@ class FaultConfig:
         edge += self.rate_drop / 2.0
         if u < edge:
             return _Action.DROP_AFTER
+        edge += self.rate_corrupt
+        if u < edge:
+            return _Action.CORRUPT
         return _Action.FORWARD
 
 
@@ -261,11 +283,13 @@ class _ProxyHandler(BaseHTTPRequestHandler):
     def _handle(self) -> None:
         self.close_connection = True
         proxy = self._proxy
-        action = proxy._decide()
+        action = proxy._decide(self.command, self.path)
         log.debug("%s %s -> %s", self.command, self.path, action.value)
         try:
             if action is _Action.FORWARD:
                 self._forward(relay=True)
+            elif action is _Action.CORRUPT:
+                self._forward(relay=True, corrupt="alt=media" in self.path)
             elif action is _Action.DROP_AFTER:
                 self._forward(relay=False)
             else:
@@ -282,7 +306,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         except _DISCONNECT_ERRORS as exc:
             log.debug("client went away during %s %s: %r", self.command, self.path, exc)
 
-    def _forward(self, *, relay: bool) -> None:
+    def _forward(self, *, relay: bool, corrupt: bool = False) -> None:
         """Send the request upstream; relay the response, or discard it when not ``relay``."""
         proxy = self._proxy
         body: bytes | None = None
@@ -308,7 +332,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
                     self._send_error_json(502, "Bad Gateway", "upstreamError", message=str(exc))
                 return
             if relay:
-                self._relay(response)
+                self._relay(response, corrupt=corrupt)
             else:
                 while response.read(_COPY_CHUNK):  # let the upstream finish, then drop
                     pass
@@ -343,7 +367,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
                 conn.send(block)
                 remaining -= len(block)
 
-    def _relay(self, response: http.client.HTTPResponse) -> None:
+    def _relay(self, response: http.client.HTTPResponse, *, corrupt: bool = False) -> None:
         proxy = self._proxy
         upstream_base = proxy._upstream_base
         client_base = self._client_base()
@@ -382,6 +406,9 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             block = response.read(_COPY_CHUNK)
             if not block:
                 break
+            if corrupt:
+                block = bytes([block[0] ^ 0xFF]) + block[1:]
+                corrupt = False
             self.wfile.write(block)
 
     def _should_rewrite_body(
@@ -576,6 +603,7 @@ class FaultProxy:
         self._rng = random.Random(config.seed)
         self._consecutive_faults = 0
         self._stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
+        self._history: deque[tuple[str, str, str]] = deque(maxlen=_HISTORY_LEN)
         self._server: _ProxyHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -696,16 +724,30 @@ class FaultProxy:
         with self._lock:
             return dict(self._stats)
 
+    @property
+    def history(self) -> list[tuple[str, str, str]]:
+        """The most recent requests (up to 10,000) in arrival order.
+
+        Each entry is ``(method, path_and_query, outcome)`` where ``outcome`` is one of the
+        `STAT_KEYS` other than ``requests``.
+        """
+        with self._lock:
+            return list(self._history)
+
     def reset_stats(self) -> None:
-        """Zero all counters and the consecutive-fault streak (the RNG is not reseeded)."""
+        """Zero all counters, clear `history` and the consecutive-fault streak.
+
+        The RNG is not reseeded, so fault positions continue the same sequence.
+        """
         with self._lock:
             self._stats = dict.fromkeys(STAT_KEYS, 0)
+            self._history.clear()
             self._consecutive_faults = 0
 
     # -- internals used by the handler ------------------------------------------------
 
-    def _decide(self) -> _Action:
-        """Draw the action for the next request and count it."""
+    def _decide(self, method: str, path: str) -> _Action:
+        """Draw the action for the next request, count it and record it in `history`."""
         with self._lock:
             action = self._config._action_for(self._rng.random())
             cap = self._config.max_consecutive_faults
@@ -715,6 +757,7 @@ class FaultProxy:
             self._consecutive_faults = 0 if action is _Action.FORWARD else streak + 1
             self._stats["requests"] += 1
             self._stats[action.value] += 1
+            self._history.append((method, path, action.value))
             return action
 
     def _upstream_path(self, path: str) -> str:
@@ -744,6 +787,10 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rate-429", type=float, default=0.0, help="fraction answered 429")
     parser.add_argument(
         "--rate-drop", type=float, default=0.0, help="fraction closed with no response"
+    )
+    parser.add_argument(
+        "--rate-corrupt", type=float, default=0.0,
+        help="fraction of media downloads whose first byte is flipped",
     )
     parser.add_argument(
         "--max-consecutive-faults",
@@ -779,6 +826,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             rate_503=args.rate_503,
             rate_429=args.rate_429,
             rate_drop=args.rate_drop,
+            rate_corrupt=args.rate_corrupt,
             max_consecutive_faults=args.max_consecutive_faults,
         )
         proxy = FaultProxy(args.upstream, config, host=args.host, port=args.port)
