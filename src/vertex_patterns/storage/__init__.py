@@ -11,8 +11,9 @@ Listings are recursive and directory-like: `gs://b/data` lists the objects named
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import BinaryIO, TypeVar
 
 from vertex_patterns.errors import ConfigError, IntegrityError, NotFoundError
 from vertex_patterns.storage.base import ObjectInfo
@@ -26,6 +27,8 @@ from vertex_patterns.storage.uri import (
     safe_local_path,
     validate_object_key,
 )
+
+T = TypeVar("T")
 
 __all__ = [
     "CopyResult",
@@ -136,6 +139,20 @@ class Storage:
             raise NotFoundError(f"{uri}: not found", uri=uri)
         info, _ = self.local.download_file(location, local_path, crc32c=crc)
         return info
+
+    def write_stream(self, uri: str, produce: Callable[[BinaryIO], T]) -> T:
+        """Writes a new object from what `produce` writes to the file object it is given.
+
+        Local: a temporary file renamed into place. GCS: a chunked resumable upload that
+        must create the object. `produce` may be called again after a transient failure.
+        """
+        location = parse_uri(uri)
+        return self._backend(location).write_stream(location, produce)
+
+    def read_into_buffer(self, uri: str) -> bytearray:
+        """The whole object in a new writable bytearray."""
+        location = parse_uri(uri)
+        return self._backend(location).read_into_buffer(location)
 
     def delete(self, uri: str, *, generation: int | None = None) -> None:
         """Deletes one object; deleting a missing object is not an error."""

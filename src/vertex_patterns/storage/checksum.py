@@ -3,11 +3,67 @@
 from __future__ import annotations
 
 import base64
+import ctypes
+import glob
+import os
 from typing import BinaryIO
 
 import google_crc32c
 
 CHUNK_SIZE = 4 * 1024 * 1024
+
+
+def _load_native_extend() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+    """`crc32c_extend` of the C library inside the google-crc32c wheel, for raw buffers.
+
+    google-crc32c's Python API takes only `bytes`; checksumming a tensor's memory through it
+    would copy every byte first. Its bundled libcrc32c exports
+    `uint32_t crc32c_extend(uint32_t, const uint8_t*, size_t)`, which ctypes calls on the
+    buffer's address directly (and without holding the GIL). Where the library cannot be
+    found (other platforms' wheel layouts), callers fall back to chunked copies.
+    """
+    pkg = os.path.dirname(google_crc32c.__file__)
+    patterns = [os.path.join(pkg, "..", "google_crc32c.libs", "libcrc32c*"),
+                os.path.join(pkg, ".dylibs", "libcrc32c*"),
+                os.path.join(pkg, "libcrc32c*")]
+    for pattern in patterns:
+        for path in sorted(glob.glob(pattern)):
+            try:
+                fn = ctypes.CDLL(path).crc32c_extend
+            except (OSError, AttributeError):
+                continue
+            fn.restype = ctypes.c_uint32
+            fn.argtypes = [ctypes.c_uint32, ctypes.c_void_p, ctypes.c_size_t]
+            return fn
+    return None
+
+
+_NATIVE_EXTEND = _load_native_extend()
+_FALLBACK_CHUNK = 8 * 1024 * 1024
+
+
+def crc32c_extend_buffer(crc: int, buffer: memoryview) -> int:
+    """Extends a CRC32C over any contiguous byte buffer (tensor memory, bytearray, mmap).
+
+    Args:
+        crc: The running CRC32C (0 to start).
+        buffer: A contiguous, 1-byte-format memoryview.
+
+    Returns:
+        The extended CRC32C.
+    """
+    n = len(buffer)
+    if n == 0:
+        return crc
+    if _NATIVE_EXTEND is not None:
+        if buffer.readonly:
+            buffer = memoryview(bytes(buffer)) if n < 4096 else buffer
+        if not buffer.readonly:
+            addr = ctypes.addressof(ctypes.c_char.from_buffer(buffer))
+            return int(_NATIVE_EXTEND(crc, addr, n))
+    for start in range(0, n, _FALLBACK_CHUNK):
+        crc = google_crc32c.extend(crc, bytes(buffer[start:start + _FALLBACK_CHUNK]))
+    return crc
 
 
 def encode_crc32c(value: int) -> str:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import datetime as dt
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import BinaryIO, TypeVar
 
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
@@ -22,6 +23,8 @@ from vertex_patterns.storage.checksum import HashingWriter, crc32c_bytes
 from vertex_patterns.storage.local import atomic_write
 from vertex_patterns.storage.retry import DEFAULT_RETRY, RetryPolicy
 from vertex_patterns.storage.uri import StorageUri
+
+T = TypeVar("T")
 
 EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
 # (connect, read) seconds for each HTTP request.
@@ -41,6 +44,20 @@ def _info(blob: storage.Blob, key: str) -> ObjectInfo:
         generation=int(blob.generation) if blob.generation is not None else None,
         updated=updated,
     )
+
+
+class _BufferSink:
+    """A write-only file object collecting bytes in one bytearray."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+
+    def write(self, data: bytes) -> int:
+        self.buffer += data
+        return len(data)
+
+    def flush(self) -> None:
+        return None
 
 
 class GcsBackend:
@@ -213,6 +230,40 @@ class GcsBackend:
             return self.retry.call(put, uri=uri, what="write")
         except PreconditionFailedError as exc:
             return self._accept_if_already_written(exc, location, crc)
+
+    def write_stream(
+        self,
+        location: StorageUri,
+        produce: Callable[[BinaryIO], T],
+        *,
+        chunk_size: int = 16 * 1024 * 1024,
+    ) -> T:
+        """Streams what `produce` writes into a new object (resumable upload in chunks).
+
+        The object must not exist yet (`if_generation_match=0`). On a transient failure the
+        whole object is produced again, so `produce` must be repeatable.
+        """
+
+        def put() -> T:
+            blob = self._blob(location)
+            blob.chunk_size = chunk_size
+            with blob.open("wb", ignore_flush=True, if_generation_match=0, retry=None) as w:
+                return produce(w)
+
+        return self.retry.call(put, uri=str(location), what="write")
+
+    def read_into_buffer(self, location: StorageUri) -> bytearray:
+        """Downloads a whole object into a new writable buffer (for zero-copy tensor views)."""
+        uri = str(location)
+
+        def fetch() -> bytearray:
+            sink = _BufferSink()
+            self._blob(location).download_to_file(
+                sink, raw_download=True, checksum=None, retry=None, timeout=TIMEOUT
+            )
+            return sink.buffer
+
+        return self.retry.call(fetch, uri=uri, what="read")
 
     def upload_file(
         self,

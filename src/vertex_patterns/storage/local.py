@@ -12,13 +12,15 @@ import datetime as dt
 import os
 import re
 import uuid
-from collections.abc import Iterator
-from typing import BinaryIO
+from collections.abc import Callable, Iterator
+from typing import BinaryIO, TypeVar
 
 from vertex_patterns.errors import NotFoundError, PermanentError, TransientError
 from vertex_patterns.storage.base import ObjectInfo
 from vertex_patterns.storage.checksum import CHUNK_SIZE, HashingWriter, crc32c_file
 from vertex_patterns.storage.uri import StorageUri
+
+T = TypeVar("T")
 
 TEMP_RE = re.compile(r"^\..+\.vptmp-(\d+)-[0-9a-f]{8}$")
 
@@ -154,6 +156,30 @@ class LocalBackend:
             return None
         crc = crc32c_file(location.path) if with_crc32c else None
         return _info(location.path, "", st, crc)
+
+    def write_stream(
+        self, location: StorageUri, produce: Callable[[BinaryIO], T], *, fsync: bool | None = None
+    ) -> T:
+        """Writes what `produce` writes to a temporary file, renamed into place on success."""
+        with atomic_write(location.path, fsync=self.fsync if fsync is None else fsync) as f:
+            return produce(f)
+
+    def read_into_buffer(self, location: StorageUri) -> bytearray:
+        """Reads a whole file into a new writable buffer with one `readinto`."""
+        try:
+            with open(location.path, "rb", buffering=0) as f:
+                size = os.fstat(f.fileno()).st_size
+                buf = bytearray(size)
+                view = memoryview(buf)
+                got = 0
+                while got < size:
+                    n = f.readinto(view[got:])
+                    if not n:
+                        break
+                    got += n
+                return buf if got == size else buf[:got]
+        except FileNotFoundError as exc:
+            raise NotFoundError(f"{location}: not found", uri=str(location)) from exc
 
     def read_bytes(self, location: StorageUri) -> bytes:
         try:
