@@ -24,7 +24,7 @@ demo: venv
 	$(BIN)/vertex-patterns demo
 
 lint: venv
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check .
 
 typecheck: venv
 	$(BIN)/mypy
