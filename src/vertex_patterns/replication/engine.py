@@ -9,6 +9,7 @@ name and renamed only once verified; gs→gs copies are server-side rewrites.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -64,8 +65,6 @@ def _check_locations(source: StorageUri, dests: list[StorageUri]) -> None:
 
 
 def _check_exists(store: Storage, source: StorageUri, dests: list[StorageUri]) -> None:
-    import os
-
     if source.is_gcs:
         if not store.gcs.bucket_exists(source):
             raise ConfigError(f"source bucket gs://{source.bucket} does not exist: fix the URI")
