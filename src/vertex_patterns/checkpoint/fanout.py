@@ -85,14 +85,14 @@ def fan_out(
     have = list_committed(store, replica_dir)
     wanted = sorted(source) if steps is None else sorted(s for s in steps if s in source)
     for step in wanted:
-        if step in have and _same(have[step], source[step]):
+        if step in have and same_checkpoint(have[step], source[step]):
             continue
         fan_out_step(store, source_dir, replica_dir, step, result)
         log.info("checkpoint step %d replicated to %s", step, replica_dir)
     return result
 
 
-def _same(a: Manifest, b: Manifest) -> bool:
+def same_checkpoint(a: Manifest, b: Manifest) -> bool:
     return a.step == b.step and a.files == b.files
 
 

@@ -175,7 +175,7 @@ def read_manifest(store: Storage, step_uri: str) -> Manifest:
 def list_committed(store: Storage, directory: str) -> dict[int, Manifest]:
     """Committed steps below `directory` (valid manifest present), step -> manifest."""
     out: dict[int, Manifest] = {}
-    for step, uri in _step_dirs(store, directory).items():
+    for step, uri in step_dirs(store, directory).items():
         try:
             out[step] = read_manifest(store, uri)
         except NotFoundError:
@@ -185,7 +185,7 @@ def list_committed(store: Storage, directory: str) -> dict[int, Manifest]:
     return out
 
 
-def _step_dirs(store: Storage, directory: str) -> dict[int, str]:
+def step_dirs(store: Storage, directory: str) -> dict[int, str]:
     location = parse_uri(directory)
     found: dict[int, str] = {}
     if location.is_gcs:
@@ -315,7 +315,7 @@ def remove_leftovers(store: Storage, directory: str) -> int:
             if name.startswith((TMP_PREFIX, TRASH_PREFIX)) and os.path.isdir(path):
                 shutil.rmtree(path, ignore_errors=True)
                 removed += 1
-    for step, uri in _step_dirs(store, directory).items():
+    for step, uri in step_dirs(store, directory).items():
         try:
             read_manifest(store, uri)
             continue

@@ -28,6 +28,14 @@ from typing import Any
 
 import torch
 
+from vertex_patterns.checkpoint.distributed import (
+    CheckpointGroup,
+    agree_on_candidate,
+    agree_to_save,
+    follow_step,
+    is_distributed,
+    write_step_as_leader,
+)
 from vertex_patterns.checkpoint.fanout import ReplicaLag, fan_out, replica_lag
 from vertex_patterns.checkpoint.io import (
     CorruptCheckpointError,
@@ -46,6 +54,16 @@ from vertex_patterns.checkpoint.retention import (
     steps_to_delete,
 )
 from vertex_patterns.checkpoint.serialization import flatten_state
+from vertex_patterns.checkpoint.sharded import (
+    ShardBuffers,
+    check_world_size,
+    load_sharded,
+    merge_sharded,
+    replicated_manifest,
+    sharded_files,
+    split_sharded,
+    verify_share,
+)
 from vertex_patterns.checkpoint.snapshot import HostBuffers
 from vertex_patterns.errors import ConfigError, StorageError
 from vertex_patterns.storage import Storage
@@ -90,9 +108,14 @@ class CheckpointManager:
         retention: Extra policies (objects with `keep(manifests) -> set[int]`).
         storage: Storage facade (defaults follow `STORAGE_EMULATOR_HOST`).
         shard_bytes: Target size of each tensor file.
-        is_writer: Whether this process writes (rank 0 in data-parallel jobs); other ranks
-            only restore. Defaults to rank 0 when torch.distributed is initialised.
+        is_writer: Whether this process writes the replicated state; other ranks only
+            restore. Always rank 0 in distributed mode; otherwise defaults to True.
         cleanup: Remove leftovers of crashed saves on start (writers only).
+        distributed: Coordinate the ranks of a torch.distributed job (default: when it is
+            initialised): every rank calls `save`, rank 0 writes the replicated state once,
+            DTensors go through torch.distributed.checkpoint, and rank 0 commits after every
+            rank has finished (see `checkpoint.distributed`). Every rank must then construct
+            the manager (it creates a gloo process group) and call `save`/`restore` alike.
     """
 
     def __init__(
@@ -110,6 +133,7 @@ class CheckpointManager:
         shard_bytes: int = 512 * 1024 * 1024,
         is_writer: bool | None = None,
         cleanup: bool = True,
+        distributed: bool | None = None,
     ) -> None:
         self.directory = str(parse_uri(directory)).rstrip("/")
         self.replicas = [str(parse_uri(r)).rstrip("/") for r in replicas]
@@ -126,17 +150,24 @@ class CheckpointManager:
             self.policies: list[RetentionPolicy] = [
                 *build_policies(keep_last=keep_last, keep_every_steps=keep_every_steps,
                                 keep_best=keep_best, best_metric=best_metric,
-                                best_mode=best_mode),
-                *retention,
+                                best_mode=best_mode, extra=retention),
             ]
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
         self.store = storage or Storage()
         self.shard_bytes = shard_bytes
+        if distributed is None:
+            distributed = is_distributed()
+        if distributed and is_writer is not None and is_writer != (_rank() == 0):
+            raise ConfigError("in a distributed job rank 0 writes and commits every "
+                              "checkpoint; leave is_writer unset, or pass distributed=False "
+                              "to coordinate the ranks yourself")
         if is_writer is None:
             is_writer = _rank() == 0
         self.is_writer = is_writer
+        self._group = CheckpointGroup() if distributed else None
         self._buffers = HostBuffers()
+        self._shard_buffers = ShardBuffers()
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="ckpt-write")
         self._background = ThreadPoolExecutor(1, thread_name_prefix="ckpt-fanout")
         self._pending: Future[Manifest] | None = None
@@ -152,6 +183,8 @@ class CheckpointManager:
             removed = remove_leftovers(self.store, self.directory)
             if removed:
                 log.info("removed %d leftovers of crashed saves in %s", removed, self.directory)
+        if self._group is not None:
+            self._group.barrier()  # no rank lists while rank 0 cleans up
         self._manifests = list_committed(self.store, self.directory)
 
     # -- listing ------------------------------------------------------------------------
@@ -166,9 +199,20 @@ class CheckpointManager:
         return steps[-1] if steps else None
 
     def replica_lag(self) -> list[ReplicaLag]:
-        """Per replica: its newest step and how many steps/seconds it trails the primary."""
+        """Per replica: its newest step and how many steps/seconds it trails the primary.
+
+        A replica that cannot be listed (its region is down) counts as holding nothing.
+        """
         primary = list_committed(self.store, self.directory)
-        return [replica_lag(primary, r, list_committed(self.store, r)) for r in self.replicas]
+        lags = []
+        for r in self.replicas:
+            try:
+                held = list_committed(self.store, r)
+            except StorageError as exc:
+                log.warning("cannot list replica %s: %s", r, exc)
+                held = {}
+            lags.append(replica_lag(primary, r, held))
+        return lags
 
     # -- saving -------------------------------------------------------------------------
     def _raise_background_error(self) -> None:
@@ -184,6 +228,10 @@ class CheckpointManager:
             pending.result(timeout=timeout)
         except FutureTimeout:
             raise
+        except InterruptedError as exc:
+            # Stopped at a blocking save's deadline: already raised as CheckpointDeadlineError.
+            if not self._stop.is_set():
+                self._error = self._error or exc
         except BaseException as exc:  # recorded once, raised to the caller below
             self._error = self._error or exc
         finally:
@@ -235,18 +283,31 @@ class CheckpointManager:
             raise CheckpointDeadlineError(
                 f"previous checkpoint still writing at the deadline; step {step} not saved"
             ) from exc
-        if not self.is_writer:
-            return
-        if step in self._manifests:
-            log.info("checkpoint step %d is already committed; not saving it again", step)
-            return
-        skeleton, tensors = flatten_state(dict(state))
-        snapshot = self._buffers.snapshot(tensors)
+        if self._group is not None:
+            prepared = self._prepare_collectively(step, state)
+            if prepared is None:
+                return
+            skeleton, snapshot, sharded = prepared
+        else:
+            if not self.is_writer:
+                return
+            if step in self._manifests:
+                log.info("checkpoint step %d is already committed; not saving it again", step)
+                return
+            plain, sharded = split_sharded(dict(state))
+            if sharded:
+                raise ConfigError("the state holds DTensors; sharded state needs the "
+                                  "manager's distributed mode (torch.distributed initialised)")
+            skeleton, tensors = flatten_state(plain)
+            snapshot = self._buffers.snapshot(tensors)
         blocked = time.monotonic() - started
         self._stop.clear()
         metric_values = {k: float(v) for k, v in (metrics or {}).items()}
-        self._pending = self._writer.submit(self._write, step, skeleton, snapshot,
-                                            metric_values, blocked)
+        if self.is_writer:
+            self._pending = self._writer.submit(self._write, step, skeleton, snapshot, sharded,
+                                                metric_values, blocked)
+        else:
+            self._pending = self._writer.submit(self._follow, step, sharded)
         if blocking:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
@@ -257,12 +318,48 @@ class CheckpointManager:
                     f"checkpoint step {step} did not commit within {deadline_s:.1f}s; the "
                     "previous checkpoint is intact") from exc
 
+    def _prepare_collectively(
+        self, step: int, state: Mapping[str, Any]
+    ) -> tuple[Any, dict[str, torch.Tensor], dict[str, Any]] | None:
+        """Snapshots this rank's part of a distributed save, then agrees with every rank.
+
+        Runs in the caller's thread, so the agreement is the save's barrier: no checkpoint
+        commits before every rank has reached it. A local failure is raised on every rank.
+
+        Returns:
+            The skeleton and replicated snapshot (rank 0) and the shard snapshot, or None
+            when the step is already committed.
+        """
+        assert self._group is not None
+        skeleton: Any = None
+        snapshot: dict[str, torch.Tensor] = {}
+        sharded: dict[str, Any] = {}
+        failure: Exception | None = None
+        try:
+            plain, sharded = split_sharded(dict(state))
+            if self.is_writer:
+                skeleton, tensors = flatten_state(plain)
+                snapshot = self._buffers.snapshot(tensors)
+            sharded = self._shard_buffers.snapshot(sharded)
+        except Exception as exc:  # raised by agree_to_save once the other ranks know
+            failure = exc
+        if not agree_to_save(self._group, step, bool(sharded), step in self._manifests,
+                             self.directory, failure=failure):
+            return None
+        return skeleton, snapshot, sharded
+
     def _write(self, step: int, skeleton: Any, tensors: dict[str, torch.Tensor],
-               metrics: dict[str, float], blocked_s: float) -> Manifest:
+               sharded: dict[str, Any], metrics: dict[str, float], blocked_s: float
+               ) -> Manifest:
         t0 = time.monotonic()
-        manifest = write_step(self.store, self.directory, step, skeleton, tensors,
-                              metrics=metrics, world_size=_world_size(),
-                              shard_bytes=self.shard_bytes, should_stop=self._stop.is_set)
+        if self._group is not None:
+            manifest = write_step_as_leader(
+                self._group, self.store, self.directory, step, skeleton, tensors, sharded,
+                metrics=metrics, shard_bytes=self.shard_bytes, should_stop=self._stop.is_set)
+        else:
+            manifest = write_step(self.store, self.directory, step, skeleton, tensors,
+                                  metrics=metrics, world_size=_world_size(),
+                                  shard_bytes=self.shard_bytes, should_stop=self._stop.is_set)
         with self._lock:
             self._manifests[step] = manifest
         seconds = time.monotonic() - t0
@@ -271,6 +368,14 @@ class CheckpointManager:
         self.last_save_stats = {"step": step, "bytes": manifest.total_bytes,
                                 "write_seconds": seconds, "blocking_seconds": blocked_s}
         self._pending_background = self._background.submit(self._after_commit)
+        return manifest
+
+    def _follow(self, step: int, sharded: dict[str, Any]) -> Manifest:
+        """A non-zero rank's part of a distributed save: its shards, then rank 0's commit."""
+        assert self._group is not None
+        manifest = follow_step(self._group, self.store, step, sharded)
+        with self._lock:
+            self._manifests[step] = manifest
         return manifest
 
     def _after_commit(self) -> None:
@@ -301,11 +406,15 @@ class CheckpointManager:
         for steps in replicated.values():
             protected |= committed - steps
         for step in steps_to_delete(manifests, self.policies, protected=protected):
+            failed = False
             for location in (self.directory, *self.replicas):
                 try:
                     delete_step(self.store, location, step)
                 except (StorageError, OSError) as exc:
+                    failed = True
                     log.warning("could not delete step %d in %s: %s", step, location, exc)
+            if failed:
+                continue  # still listed here, so the next save's retention tries again
             with self._lock:
                 self._manifests.pop(step, None)
             log.info("retention: deleted checkpoint step %d", step)
@@ -346,7 +455,11 @@ class CheckpointManager:
 
     # -- restoring ----------------------------------------------------------------------
     def restore(
-        self, step: int | None = None, *, device: torch.device | str | None = None
+        self,
+        step: int | None = None,
+        *,
+        device: torch.device | str | None = None,
+        into: Mapping[str, Any] | None = None,
     ) -> Restored | None:
         """Restores the newest valid checkpoint (or `step`) across primary and replicas.
 
@@ -355,16 +468,28 @@ class CheckpointManager:
         newest valid checkpoint in any location wins (the primary on ties), so a missing or
         damaged primary does not stop a resume.
 
+        In distributed mode every rank must call it: rank 0 picks the candidates, every rank
+        tries the same ones in the same order, and all restore the same step.
+
         Args:
             step: A specific step; None for the newest.
             device: Where to put the tensors (default CPU).
+            into: For checkpoints with sharded state: a state whose DTensors (at the paths
+                they were saved from, e.g. `get_state_dict(model, optimizer)`) receive it in
+                place, at the world size that saved it. The restored state holds them.
 
         Returns:
             The restored checkpoint, or None when nothing valid is committed anywhere.
+
+        Raises:
+            ConfigError: The newest checkpoint holds sharded state and `into` is missing or
+                lacks one of its DTensors, or it was written by another number of ranks.
         """
         self._wait_pending()
         candidates: list[tuple[int, int, str, Manifest]] = []
         for rank, location in enumerate((self.directory, *self.replicas)):
+            if self._group is not None and self._group.rank != 0:
+                break  # rank 0 lists; its view is broadcast below
             try:
                 committed = list_committed(self.store, location)
             except StorageError as exc:
@@ -372,28 +497,62 @@ class CheckpointManager:
                 continue
             candidates += [(s, -rank, location, m) for s, m in committed.items()
                            if step is None or s == step]
-        for s, _rank_key, location, manifest in sorted(candidates, reverse=True):
+        ordered = [(s, location, m) for s, _r, location, m in sorted(candidates, reverse=True)]
+        rank, world = 0, _world_size()
+        if self._group is not None:
+            rank, world = self._group.rank, self._group.world_size
+            listed = self._group.broadcast([[s, location, m.to_json().decode()]
+                                            for s, location, m in ordered])
+            ordered = [(int(s), str(loc), Manifest.from_json(m.encode()))
+                       for s, loc, m in listed]
+        for s, location, manifest in ordered:
             step_uri = join(location, step_dir_name(s))
+            sharded = bool(sharded_files(manifest))
+            if sharded:
+                check_world_size(manifest, world)
+                if into is None:
+                    raise ConfigError(f"checkpoint step {s} holds sharded (DTensor) state; "
+                                      "pass restore(into=state) with the DTensors to load it "
+                                      "into")
+                if parse_uri(location).is_gcs:
+                    log.warning("skipping %s: sharded checkpoints are read from a filesystem "
+                                "path (a GCS FUSE mount), not gs://", step_uri)
+                    continue
+            problem: str | None = None
+            corrupt = False
             try:
-                data = load_step(self.store, step_uri, manifest)
+                data = load_step(self.store, step_uri, replicated_manifest(manifest))
+                verify_share(self.store, step_uri, manifest, rank, world)
             except CorruptCheckpointError as exc:
-                log.error("checkpoint %s is damaged (%s); moving it aside", step_uri,
-                          "; ".join(exc.problems))
+                problem, corrupt = "; ".join(exc.problems), True
+            except StorageError as exc:
+                problem = str(exc)
+            problem, corrupt = agree_on_candidate(self._group, problem, corrupt)
+            if corrupt:
+                log.error("checkpoint %s is damaged (%s); moving it aside", step_uri, problem)
                 if self.is_writer:
                     try:
                         quarantine_step(self.store, location, s)
                     except (StorageError, OSError) as qexc:
                         log.warning("could not move %s aside: %s", step_uri, qexc)
+                if location == self.directory:
+                    with self._lock:  # a later save of this step must write it anew
+                        self._manifests.pop(s, None)
                 continue
-            except StorageError as exc:
-                log.warning("cannot read %s: %s", step_uri, exc)
+            if problem is not None:
+                log.warning("cannot read %s: %s", step_uri, problem)
                 continue
+            state = materialize(data, device)
+            if sharded:
+                assert into is not None
+                state, targets = merge_sharded(state, split_sharded(dict(into))[1])
+                load_sharded(step_uri, targets,
+                             None if self._group is None else self._group.group)
             if location != self.directory:
                 log.warning("restored step %d from replica %s", s, location)
             else:
                 log.info("restored step %d from %s", s, location)
-            return Restored(step=s, state=materialize(data, device), uri=step_uri,
-                            manifest=manifest)
+            return Restored(step=s, state=state, uri=step_uri, manifest=manifest)
         return None
 
 

@@ -90,8 +90,9 @@ def build_policies(
     keep_best: int | None = None,
     best_metric: str | None = None,
     best_mode: str = "min",
+    extra: Sequence[RetentionPolicy] = (),
 ) -> list[RetentionPolicy]:
-    """Policies from the manager's keyword options; KeepAll when none is given."""
+    """Policies from the manager's keyword options plus `extra`; KeepAll when none is given."""
     policies: list[RetentionPolicy] = []
     if keep_last is not None:
         policies.append(KeepLast(keep_last))
@@ -101,7 +102,8 @@ def build_policies(
         policies.append(KeepBest(keep_best, best_metric or "", best_mode))
     elif best_metric is not None:
         raise ValueError("best_metric is set but keep_best is not: give keep_best=N")
-    return policies or [KeepAll()]
+    # KeepAll only when nothing else is given: alongside a policy it would keep everything.
+    return [*policies, *extra] or [KeepAll()]
 
 
 def steps_to_delete(
