@@ -68,3 +68,13 @@ def write_tree(store: Storage, root: str, files: dict[str, bytes]) -> None:
 def read_tree(store: Storage, root: str) -> dict[str, bytes]:
     """Reads every object below `root` as key -> bytes."""
     return {o.key: store.read_bytes(o.uri) for o in store.list(root)}
+
+
+@pytest.fixture
+def kfp_local(tmp_path):
+    """kfp.local running components as subprocesses of this venv; returns the pipeline root."""
+    from kfp import local
+
+    local.init(runner=local.SubprocessRunner(use_venv=False),
+               pipeline_root=str(tmp_path / "pipeline-root"))
+    return tmp_path / "pipeline-root"

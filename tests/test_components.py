@@ -42,15 +42,6 @@ class TestGoldenFiles:
         assert f"image: {IMAGE}" in text and IMAGE.endswith(f":{__version__}")
 
 
-@pytest.fixture
-def kfp_local(tmp_path):
-    from kfp import local
-
-    local.init(runner=local.SubprocessRunner(use_venv=False),
-               pipeline_root=str(tmp_path / "pipeline-root"))
-    return tmp_path / "pipeline-root"
-
-
 class TestReplicateDataComponent:
     """replicate_data runs under kfp.local against the emulator and reports its metrics."""
 

@@ -124,3 +124,91 @@ def run_demo(args: argparse.Namespace) -> int:
     ok = run_replication_demo(objects=args.objects, large_objects=args.large_objects,
                               workers=args.workers)
     return EXIT_OK if ok else EXIT_FAILED
+
+
+def add_checkpoints(sub: Any) -> None:
+    p = sub.add_parser(
+        "checkpoints",
+        help="list, verify and fan out checkpoints written by CheckpointManager",
+        description="Inspect a checkpoint directory (gs://bucket/prefix or local) from outside "
+        "the training job.",
+    )
+    csub = p.add_subparsers(dest="checkpoints_command", metavar="ACTION")
+    csub.required = True
+
+    ls = csub.add_parser(
+        "list",
+        help="committed steps with size, commit time, files, metrics and replica lag",
+        description="List the committed checkpoints of URI, whether each --replica holds them, "
+        "and how many steps and seconds each replica trails.",
+    )
+    ls.add_argument("uri", metavar="URI", help="the checkpoint directory")
+    ls.add_argument("--replica", metavar="URI", action="append", default=[],
+                    help="a backup directory to compare with (repeatable)")
+    ls.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ls.set_defaults(handler=run_checkpoints_list)
+
+    verify = csub.add_parser(
+        "verify",
+        help="check every file of every committed checkpoint against its manifest",
+        description="Read every committed checkpoint (or only --step) and check each file's "
+        "size and CRC32C against the manifest. Read-only: nothing is moved aside. Exit 0 when "
+        "all verify, 1 when any is damaged (one line per damaged file), 2 for bad input.",
+    )
+    verify.add_argument("uri", metavar="URI", help="the checkpoint directory")
+    verify.add_argument("--step", type=int, help="only this committed step")
+    verify.set_defaults(handler=run_checkpoints_verify)
+
+    fan = csub.add_parser(
+        "fan-out",
+        help="copy committed checkpoints to backup directories, once or until a marker appears",
+        description="Copy every committed checkpoint of SRC missing from each DST (data files "
+        "first, manifest last; gs→gs copies are server-side). With --follow, repeat every "
+        "--poll-seconds until the --until-marker object exists, then make a final pass. "
+        "Exit 0 when every replica is reached, 1 otherwise, 2 for bad input.",
+    )
+    fan.add_argument("source", metavar="SRC", help="the checkpoint directory")
+    fan.add_argument("replicas", metavar="DST", nargs="+", help="one or more backup directories")
+    fan.add_argument("--follow", action="store_true",
+                     help="keep fanning out until --until-marker exists")
+    fan.add_argument("--until-marker", metavar="URI",
+                     help="object whose existence ends --follow (e.g. written when training ends)")
+    fan.add_argument("--poll-seconds", type=float, metavar="S", help="seconds between passes (30)")
+    fan.add_argument("--timeout-seconds", type=float, metavar="T",
+                     help="stop following after this long (default: wait for the marker)")
+    fan.set_defaults(handler=run_checkpoints_fan_out)
+
+
+def run_checkpoints_list(args: argparse.Namespace) -> int:
+    from vertex_patterns.checkpoint.inspect import list_checkpoints
+
+    listing = list_checkpoints(args.uri, args.replica)
+    sys.stdout.write(listing.to_json() if args.json else listing.to_table())
+    return EXIT_OK
+
+
+def run_checkpoints_verify(args: argparse.Namespace) -> int:
+    from vertex_patterns.checkpoint.inspect import verify_checkpoints
+
+    report = verify_checkpoints(args.uri, args.step)
+    sys.stdout.write(report.to_table())
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def run_checkpoints_fan_out(args: argparse.Namespace) -> int:
+    from vertex_patterns.checkpoint.follow import follow_fan_out
+    from vertex_patterns.errors import ConfigError
+
+    if args.follow != (args.until_marker is not None):
+        raise ConfigError("--follow and --until-marker go together: give both or neither")
+    if not args.follow and (args.poll_seconds is not None or args.timeout_seconds is not None):
+        raise ConfigError("--poll-seconds and --timeout-seconds need --follow")
+    summary = follow_fan_out(
+        args.source,
+        args.replicas,
+        until_marker=args.until_marker,
+        poll_seconds=30 if args.poll_seconds is None else args.poll_seconds,
+        timeout_seconds=args.timeout_seconds,
+    )
+    sys.stdout.write(summary.to_table())
+    return EXIT_OK if summary.ok else EXIT_FAILED

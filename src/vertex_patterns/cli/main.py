@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_emulators(sub)
     commands.add_compile(sub)
     commands.add_demo(sub)
+    commands.add_checkpoints(sub)
     return parser
 
 

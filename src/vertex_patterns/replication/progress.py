@@ -10,7 +10,7 @@ from types import TracebackType
 
 from tqdm import tqdm
 
-from vertex_patterns.replication.report import human_bytes
+from vertex_patterns.formatting import human_bytes
 
 log = logging.getLogger("vertex_patterns.replication")
 

@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from vertex_patterns.formatting import human_bytes
+
 
 @dataclass
 class DestinationReport:
@@ -126,12 +128,3 @@ class ReplicationReport:
         for d in self.destinations:
             lines.extend(f"  error: {e}" for e in d.errors)
         return "\n".join(lines) + "\n"
-
-
-def human_bytes(n: float) -> str:
-    """1536 -> '1.5 KiB'."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
