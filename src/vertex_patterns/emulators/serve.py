@@ -5,38 +5,82 @@ from __future__ import annotations
 import signal
 import threading
 from types import FrameType
+from typing import Any
 
 from vertex_patterns.emulators.gcs import EMULATOR_ENV, start_gcs_server
 from vertex_patterns.errors import ConfigError
 
+DEFAULT_VERTEX_PORT = 9024
 
-def serve_forever(*, gcs_port: int, data_dir: str | None = None) -> None:
+
+def serve_forever(
+    *,
+    gcs_port: int,
+    data_dir: str | None = None,
+    vertex_port: int = DEFAULT_VERTEX_PORT,
+    scenario_path: str | None = None,
+    only: str | None = None,
+) -> None:
     """Starts the emulators, prints their export lines, and blocks until SIGINT/SIGTERM.
 
+    Args:
+        gcs_port: The GCS emulator's port.
+        data_dir: Keep GCS objects on disk there (default: in memory).
+        vertex_port: The Vertex AI emulator's port.
+        scenario_path: A fault scenario JSON file for the Vertex AI emulator.
+        only: ``gcs`` or ``vertex`` to start just that one.
+
     Raises:
-        ConfigError: The port is out of range or already taken.
+        ConfigError: A port is out of range or taken, or the scenario file is invalid.
     """
-    if not 0 < gcs_port < 65536:
-        raise ConfigError(f"--gcs-port {gcs_port} is not a TCP port (1-65535)")
+    from vertex_patterns.emulators.vertex.scenario import Scenario
+    from vertex_patterns.vertex_client import EMULATOR_ENV as VERTEX_ENV
+
+    for flag, port in (("--gcs-port", gcs_port), ("--vertex-port", vertex_port)):
+        if not 0 < port < 65536:
+            raise ConfigError(f"{flag} {port} is not a TCP port (1-65535)")
+    scenario = Scenario.from_file(scenario_path) if scenario_path else Scenario()
+    gcs: Any = None
+    vertex: Any = None
     try:
-        server = start_gcs_server("127.0.0.1", gcs_port, data_dir=data_dir)
+        if only in (None, "gcs"):
+            gcs = _listen("--gcs-port", gcs_port,
+                          lambda: start_gcs_server("127.0.0.1", gcs_port, data_dir=data_dir))
+        if only in (None, "vertex"):
+            # Imported only when wanted: the aiplatform protos take seconds to import.
+            from vertex_patterns.emulators.vertex.emulator import VertexEmulator
+
+            vertex = _listen("--vertex-port", vertex_port,
+                             lambda: VertexEmulator(port=vertex_port, scenario=scenario).start())
+        stop = threading.Event()
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            stop.set()
+
+        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            if gcs is not None:
+                print(f"export {EMULATOR_ENV}=http://127.0.0.1:{gcs_port}", flush=True)
+            if vertex is not None:
+                print(f"export {VERTEX_ENV}={vertex.url}", flush=True)
+            print("# emulators running; Ctrl-C to stop", flush=True)
+            while not stop.wait(0.5):
+                pass
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+    finally:
+        if vertex is not None:
+            vertex.stop()
+        if gcs is not None:
+            gcs.stop()
+    print("# emulators stopped", flush=True)
+
+
+def _listen(flag: str, port: int, start: Any) -> Any:
+    try:
+        return start()
     except OSError as exc:
         raise ConfigError(
-            f"cannot listen on 127.0.0.1:{gcs_port} ({exc.strerror}): pick another --gcs-port"
+            f"cannot listen on 127.0.0.1:{port} ({exc.strerror}): pick another {flag}"
         ) from exc
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        print(f"export {EMULATOR_ENV}=http://127.0.0.1:{gcs_port}", flush=True)
-        print("# emulators running; Ctrl-C to stop", flush=True)
-        while not stop.wait(0.5):
-            pass
-    finally:
-        server.stop()
-        for s, h in previous.items():
-            signal.signal(s, h)
-        print("# emulators stopped", flush=True)

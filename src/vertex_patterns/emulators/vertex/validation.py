@@ -1,0 +1,107 @@
+"""Checks Vertex AI makes on a create request beyond the JSON schema the protos enforce.
+
+Errors are collected and reported together, in the "List of found errors" form Vertex AI's
+validator uses, with snake_case field paths from the request root (``custom_job.…``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from vertex_patterns.emulators.vertex.errors import field_errors, invalid_argument
+
+REQUIRED = "Required field is not set."
+PIPELINE_JOB_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,127}$")
+
+
+def check_custom_job(job: dict[str, Any]) -> None:
+    """Validates a CustomJob (as camelCase JSON).
+
+    Raises:
+        ApiError: 400 listing every problem found.
+    """
+    problems: list[tuple[str, str]] = []
+    if not job.get("displayName"):
+        problems.append(("custom_job.display_name", REQUIRED))
+    spec = job.get("jobSpec", {})
+    pools = spec.get("workerPoolSpecs", [])
+    if not pools:
+        problems.append(("custom_job.job_spec.worker_pool_specs", REQUIRED))
+    for i, pool in enumerate(pools):
+        where = f"custom_job.job_spec.worker_pool_specs[{i}]"
+        if not pool and i > 0:
+            continue  # an unused pool: the SDK sends {} to keep later pools' positions
+        problems.extend(_check_pool(pool, where))
+    prefix = spec.get("baseOutputDirectory", {}).get("outputUriPrefix")
+    if "baseOutputDirectory" in spec and not prefix:
+        problems.append(("custom_job.job_spec.base_output_directory.output_uri_prefix",
+                         REQUIRED))
+    if problems:
+        raise field_errors(problems)
+
+
+def _check_pool(pool: dict[str, Any], where: str) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    machine = pool.get("machineSpec", {})
+    if not machine.get("machineType"):
+        problems.append((f"{where}.machine_spec.machine_type", REQUIRED))
+    accelerator = machine.get("acceleratorType", "ACCELERATOR_TYPE_UNSPECIFIED")
+    count = int(machine.get("acceleratorCount", 0))
+    if accelerator != "ACCELERATOR_TYPE_UNSPECIFIED" and count <= 0:
+        problems.append((f"{where}.machine_spec.accelerator_count",
+                         "Must be positive when accelerator_type is set."))
+    if count > 0 and accelerator == "ACCELERATOR_TYPE_UNSPECIFIED":
+        problems.append((f"{where}.machine_spec.accelerator_type",
+                         "Must be set when accelerator_count is positive."))
+    if int(pool.get("replicaCount", 0)) < 1:
+        problems.append((f"{where}.replica_count", "Must be at least 1."))
+    has_container = "containerSpec" in pool
+    has_package = "pythonPackageSpec" in pool
+    if has_container == has_package:
+        problems.append((f"{where}.task",
+                         "Exactly one of container_spec or python_package_spec must be set."))
+    elif has_container and not pool["containerSpec"].get("imageUri"):
+        problems.append((f"{where}.container_spec.image_uri", REQUIRED))
+    elif has_package:
+        package = pool["pythonPackageSpec"]
+        for key, name in (("executorImageUri", "executor_image_uri"),
+                          ("pythonModule", "python_module")):
+            if not package.get(key):
+                problems.append((f"{where}.python_package_spec.{name}", REQUIRED))
+    return problems
+
+
+def check_pipeline_job(job: dict[str, Any], root: str = "pipeline_job") -> None:
+    """Validates a PipelineJob (camelCase JSON): a compiled PipelineSpec and its parameters.
+
+    Raises:
+        ApiError: 400 naming the problem.
+    """
+    spec = job.get("pipelineSpec")
+    if not spec:
+        raise field_errors([(f"{root}.pipeline_spec", REQUIRED)])
+    problems: list[tuple[str, str]] = []
+    if not spec.get("pipelineInfo", {}).get("name"):
+        problems.append((f"{root}.pipeline_spec.pipeline_info.name", REQUIRED))
+    if not spec.get("root", {}).get("dag"):
+        problems.append((f"{root}.pipeline_spec.root.dag", REQUIRED))
+    if not spec.get("schemaVersion"):
+        problems.append((f"{root}.pipeline_spec.schema_version", REQUIRED))
+    runtime = job.get("runtimeConfig", {})
+    if not runtime.get("gcsOutputDirectory"):
+        problems.append((f"{root}.runtime_config.gcs_output_directory", REQUIRED))
+    if problems:
+        raise field_errors(problems)
+    declared = spec["root"].get("inputDefinitions", {}).get("parameters", {})
+    given = {**runtime.get("parameters", {}), **runtime.get("parameterValues", {})}
+    for name in given:
+        if name not in declared:
+            raise invalid_argument(
+                f"The pipeline parameter {name} is not found in the pipeline job input "
+                "definitions.")
+    for name, definition in declared.items():
+        optional = definition.get("isOptional") or "defaultValue" in definition
+        if name not in given and not optional:
+            raise invalid_argument(f"The pipeline parameter {name} is required, but no value "
+                                   "was given in runtime_config.parameter_values.")
