@@ -1,0 +1,365 @@
+"""The training loop: resume, train, checkpoint, stop cleanly on a preemption notice.
+
+One attempt of a run, on one rank:
+
+    resolve workload -> join the process group -> build the workload (seeded)
+    -> restore the newest valid checkpoint (any region) -> seek the data to its position
+    -> steps, each followed by one all-reduce of (loss, stop?, save due?)
+         save due   -> async save (only the host snapshot blocks the loop)
+         stop       -> blocking save with a deadline inside the grace period, exit 75
+         max steps  -> final checkpoint, model export, held-out evaluation, exit 0
+
+Every rank reaches the same decision at the same step because the flags are all-reduced,
+so a SIGTERM that reaches one rank first still gives one consistent checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from vertex_patterns import __version__
+from vertex_patterns.checkpoint import CheckpointDeadlineError, CheckpointManager
+from vertex_patterns.errors import ConfigError
+from vertex_patterns.storage import Storage
+from vertex_patterns.training.cluster import Cluster, init_cluster
+from vertex_patterns.training.config import (
+    EXIT_OK,
+    EXIT_PREEMPTED,
+    EXIT_PREEMPTED_UNSAVED,
+    RunPaths,
+    TrainConfig,
+)
+from vertex_patterns.training.goodput import GoodputRecorder, process_start_time
+from vertex_patterns.training.metrics import MetricsStream, accelerator_stats, new_attempt_id
+from vertex_patterns.training.preemption import MetadataWatcher, PreemptionNotice
+from vertex_patterns.training.rng import capture_rng, restore_rng, seed_everything
+from vertex_patterns.training.sampler import EpochSampler
+from vertex_patterns.training.tensorboard import TensorBoardWriter
+from vertex_patterns.training.wandb_mirror import WandbMirror
+from vertex_patterns.training.workload import Workload, resolve_workload, workload_fingerprint
+
+log = logging.getLogger("vertex_patterns.training")
+
+
+class Trainer:
+    """One attempt of a training run on this rank.
+
+    Args:
+        config: What to train and where.
+        notice: The preemption flag (installed on SIGTERM/SIGINT by the CLI).
+        storage: Storage facade (defaults follow STORAGE_EMULATOR_HOST).
+        process_start: Unix time the process started (for the startup badput).
+    """
+
+    def __init__(self, config: TrainConfig, notice: PreemptionNotice, *,
+                 storage: Storage | None = None, process_start: float | None = None) -> None:
+        self.config = config
+        self.notice = notice
+        self.store = storage or Storage()
+        self.process_start = process_start or process_start_time()
+        self.paths = RunPaths.resolve(config.run_dir)
+        # Bad input is found before anything is built or written.
+        self.factory: Callable[..., Workload] = resolve_workload(config.workload)
+
+    # -- setup ---------------------------------------------------------------------------
+    def _build(self, cluster: Cluster) -> Workload:
+        if self.config.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
+        seed_everything(self.config.seed)
+        workload = self.factory(seed=self.config.seed, device=cluster.device)
+        workload.model.to(cluster.device)
+        return workload
+
+    def _state(self, step: int, workload: Workload, position: Mapping[str, int],
+               fingerprint: str) -> dict[str, Any]:
+        return {
+            "model": workload.model.state_dict(),
+            "optimizer": workload.optimizer.state_dict(),
+            "scheduler": None if workload.scheduler is None
+            else workload.scheduler.state_dict(),
+            "rng": capture_rng(),
+            "data": dict(position),
+            "step": step,
+            "run": {"workload": workload.name, "fingerprint": fingerprint,
+                    "seed": self.config.seed},
+        }
+
+    def _load(self, state: Mapping[str, Any], workload: Workload, fingerprint: str) -> None:
+        run = state.get("run", {})
+        if run.get("fingerprint") != fingerprint or run.get("seed") != self.config.seed:
+            raise ConfigError(
+                f"{self.paths.checkpoints} holds checkpoints of another run (workload "
+                f"{run.get('workload')!r}, seed {run.get('seed')}, config "
+                f"{run.get('fingerprint')}); this run is {workload.name!r}, seed "
+                f"{self.config.seed}, config {fingerprint}: give a fresh --run-dir")
+        workload.model.load_state_dict(state["model"])
+        workload.optimizer.load_state_dict(state["optimizer"])
+        if workload.scheduler is not None and state.get("scheduler") is not None:
+            workload.scheduler.load_state_dict(state["scheduler"])
+        restore_rng(state["rng"])
+
+    # -- the run -------------------------------------------------------------------------
+    def run(self) -> int:
+        """Trains until max steps or a preemption notice; returns the exit code."""
+        config = self.config
+        cluster = init_cluster()
+        leader = cluster.is_leader
+        attempt = new_attempt_id()
+        # Created now (it writes nothing until the first step or checkpoint) so that program
+        # startup ends here, before the workload is built.
+        ledger = GoodputRecorder(config.run_dir, attempt=attempt, storage=self.store,
+                                 process_start=self.process_start) if leader else None
+        if ledger is not None:
+            ledger.startup_done()
+        prep_started = time.monotonic()
+        workload = self._build(cluster)
+        fingerprint = workload_fingerprint(workload)
+        sampler = EpochSampler(workload.dataset_size, workload.batch_size, config.seed,
+                               rank=cluster.rank, world_size=cluster.world_size)
+        model: nn.Module = workload.model
+        if cluster.distributed:
+            model = nn.parallel.DistributedDataParallel(
+                workload.model, device_ids=[cluster.device.index]
+                if cluster.device.type == "cuda" else None)
+        prep_s = time.monotonic() - prep_started
+
+        watcher = None
+        if config.metadata_url:
+            watcher = MetadataWatcher(config.metadata_url, self.notice,
+                                      poll_seconds=config.metadata_poll_seconds).start()
+        with contextlib.ExitStack() as stack:
+            if watcher is not None:
+                stack.callback(watcher.stop)
+            restore_started = time.monotonic()
+            ckpt = stack.enter_context(CheckpointManager(
+                self.paths.checkpoints, replicas=config.replicas, keep_last=config.keep_last,
+                storage=self.store))
+            restored = ckpt.restore()
+            step, position = 0, sampler.start_position()
+            if restored is not None:
+                self._load(restored.state, workload, fingerprint)
+                step = int(restored.state["step"])
+                position = sampler.position_from_dict(restored.state["data"])
+                log.info("resumed at step %d from %s", step, restored.uri,
+                         extra={"json_fields": {"event": "resume", "step": step,
+                                                "checkpoint": restored.uri}})
+            else:
+                log.info("no checkpoint in %s: starting from step 0", self.paths.checkpoints)
+            restore_s = time.monotonic() - restore_started
+            if ledger is not None:
+                ledger.training_prep(prep_s)
+                ledger.restore(restore_s, None if restored is None else step)
+                stack.callback(ledger.flush)
+            metrics = tb = mirror = None
+            if leader:
+                metrics = stack.enter_context(MetricsStream(self.paths.metrics,
+                                                            attempt=attempt,
+                                                            storage=self.store))
+                tb = TensorBoardWriter(self.paths.logs)
+                stack.callback(tb.close)
+                mirror = WandbMirror.maybe(config.wandb_project is not None,
+                                           project=config.wandb_project or "", run_name=attempt,
+                                           config={"workload": workload.name,
+                                                   **workload.config})
+                stack.callback(mirror.finish)
+            loop = _Loop(self, cluster, workload, model, sampler, ckpt, ledger, metrics, tb,
+                         mirror, fingerprint)
+            return loop.run(step, position)
+
+
+class _Loop:
+    """The step loop of one attempt (split out of Trainer to keep each part readable)."""
+
+    def __init__(self, trainer: Trainer, cluster: Cluster, workload: Workload,
+                 model: nn.Module, sampler: EpochSampler, ckpt: CheckpointManager,
+                 ledger: GoodputRecorder | None, metrics: MetricsStream | None,
+                 tb: TensorBoardWriter | None, mirror: WandbMirror | None,
+                 fingerprint: str) -> None:
+        self.t = trainer
+        self.config = trainer.config
+        self.cluster = cluster
+        self.workload = workload
+        self.model = model
+        self.sampler = sampler
+        self.ckpt = ckpt
+        self.ledger = ledger
+        self.metrics = metrics
+        self.tb = tb
+        self.mirror = mirror
+        self.fingerprint = fingerprint
+        self.params = [p for p in workload.model.parameters() if p.requires_grad]
+        self.last_save = time.monotonic()
+
+    def _emit(self, step: int, record: dict[str, Any]) -> None:
+        if self.metrics is not None:
+            self.metrics.write({"step": step, **record})
+        scalars = {k: float(v) for k, v in record.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if self.tb is not None:
+            self.tb.scalars(step, scalars)
+        if self.mirror is not None:
+            self.mirror.log(step, scalars)
+
+    def _one_step(self, position: Mapping[str, int]) -> tuple[float, float, torch.Tensor]:
+        w = self.workload
+        ids = self.sampler.batch_ids(position)
+        batch = w.get_batch(ids)
+        w.optimizer.zero_grad(set_to_none=True)
+        loss = w.loss_fn(self.model, batch)
+        loss.backward()
+        clip = w.grad_clip if w.grad_clip is not None else math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
+        w.optimizer.step()
+        if w.scheduler is not None:
+            w.scheduler.step()
+        return float(loss.detach()), grad_norm, ids
+
+    def _agree(self, loss: float, stop: bool, save_due: bool) -> tuple[float, bool, bool]:
+        """Mean loss over ranks; stop/save if any rank says so (one all-reduce)."""
+        if not self.cluster.distributed:
+            return loss, stop, save_due
+        t = torch.tensor([loss, float(stop), float(save_due)], dtype=torch.float64,
+                         device=self.cluster.device)
+        dist.all_reduce(t)
+        return float(t[0]) / self.cluster.world_size, bool(t[1] > 0), bool(t[2] > 0)
+
+    def _save_due(self, step: int) -> bool:
+        every = self.config.checkpoint_every_steps
+        if every is not None:
+            return step % every == 0
+        interval = self.config.save_interval_seconds
+        return interval is not None and time.monotonic() - self.last_save >= interval
+
+    def _save(self, step: int, position: Mapping[str, int], *, blocking: bool,
+              deadline_s: float | None = None, metrics: dict[str, float] | None = None
+              ) -> float:
+        if self.metrics is not None:
+            # Records up to a checkpoint are durable before it commits, so a SIGKILL can lose
+            # only steps that the next attempt will redo (and record) anyway.
+            self.metrics.flush()
+        started = time.monotonic()
+        self.ckpt.save(step, self.t._state(step, self.workload, position, self.fingerprint),
+                       metrics=metrics, blocking=blocking, deadline_s=deadline_s)
+        blocked = time.monotonic() - started
+        self.last_save = time.monotonic()
+        if self.ledger is not None:
+            self.ledger.checkpoint(step, blocked)
+        self._emit(step, {"event": "checkpoint", "blocking_s": round(blocked, 6),
+                          "blocking": blocking})
+        return blocked
+
+    def run(self, step: int, position: Mapping[str, int]) -> int:
+        config = self.config
+        max_steps = config.max_steps
+        leader = self.cluster.is_leader
+        samples = self.workload.batch_size * self.cluster.world_size
+        if step >= max_steps:
+            log.info("step %d already reaches --max-steps %d", step, max_steps)
+        while step < max_steps:
+            started = time.monotonic()
+            loss, grad_norm, ids = self._one_step(position)
+            position = self.sampler.next_position(position)
+            step += 1
+            loss, stop, save_due = self._agree(loss, bool(self.t.notice), self._save_due(step))
+            seconds = time.monotonic() - started
+            if self.ledger is not None:
+                self.ledger.step(step, seconds)
+            if leader:
+                record: dict[str, Any] = {
+                    "loss": loss, "lr": self.workload.optimizer.param_groups[0]["lr"],
+                    "grad_norm": grad_norm, "step_time_s": round(seconds, 6),
+                    "samples_per_s": round(samples / seconds, 3) if seconds > 0 else None,
+                    **accelerator_stats()}
+                if config.record_samples:
+                    record["sample_ids"] = ids.tolist()
+                self._emit(step, record)
+                if step % config.log_every_steps == 0 or step == max_steps:
+                    log.info("step %d/%d loss %.4f", step, max_steps, loss,
+                             extra={"json_fields": {"step": step, "loss": loss}})
+            if stop:
+                return self._preempted(step, position)
+            if step < max_steps and config.eval_every_steps and \
+                    step % config.eval_every_steps == 0:
+                self._evaluate(step)
+            if save_due and step < max_steps:
+                self._save(step, position, blocking=False, metrics={"loss": loss})
+        return self._finish(step, position)
+
+    def _preempted(self, step: int, position: Mapping[str, int]) -> int:
+        config = self.config
+        budget = config.grace_seconds - config.grace_margin_seconds - \
+            self.t.notice.seconds_since()
+        log.warning("preemption notice (%s): saving step %d within %.1fs", self.t.notice.reason,
+                    step, budget, extra={"json_fields": {"event": "preempted", "step": step}})
+        try:
+            if budget <= 0:
+                raise CheckpointDeadlineError("no time left in the grace period")
+            self._save(step, position, blocking=True, deadline_s=budget)
+        except CheckpointDeadlineError as exc:
+            log.error("emergency checkpoint not committed (%s); the previous one is intact",
+                      exc)
+            if self.ledger is not None:
+                self.ledger.finish("preempted-unsaved")
+            return EXIT_PREEMPTED_UNSAVED
+        log.warning("checkpoint step %d committed; exiting for the preemption", step)
+        if self.ledger is not None:
+            summary = self.ledger.finish("preempted")
+            print(summary.to_table(), flush=True)
+        return EXIT_PREEMPTED
+
+    def _evaluate(self, step: int) -> dict[str, float]:
+        if not self.cluster.is_leader or self.workload.evaluate is None:
+            return {}
+        self.workload.model.eval()
+        try:
+            with torch.no_grad():
+                results = self.workload.evaluate(self.workload.model)
+        finally:
+            self.workload.model.train()
+        log.info("step %d held-out %s", step,
+                 ", ".join(f"{k} {v:.4f}" for k, v in results.items()),
+                 extra={"json_fields": {"event": "eval", "step": step, **results}})
+        self._emit(step, {f"eval_{k}": v for k, v in results.items()})
+        return results
+
+    def _finish(self, step: int, position: Mapping[str, int]) -> int:
+        self._save(step, position, blocking=True)
+        self.ckpt.wait()
+        results = self._evaluate(step)
+        if self.cluster.is_leader:
+            export_model(self.t.store, self.t.paths.model, self.workload, step, results)
+            if self.ledger is not None:
+                summary = self.ledger.finish("completed")
+                print(summary.to_table(), flush=True)
+        log.info("training complete at step %d; model in %s", step, self.t.paths.model)
+        return EXIT_OK
+
+
+def export_model(store: Storage, model_dir: str, workload: Workload, step: int,
+                 results: Mapping[str, float]) -> None:
+    """Writes `model.safetensors` and `config.json` (config JSON last: its presence means the
+    weights are complete)."""
+    from safetensors.torch import save
+
+    tensors = {k: v.detach().cpu().contiguous().clone()
+               for k, v in workload.model.state_dict().items()}
+    base = model_dir.rstrip("/")
+    store.write_bytes(f"{base}/model.safetensors", save(tensors))
+    meta = {"workload": workload.name, "step": step, "config": workload.config,
+            "eval": dict(results), "library_version": __version__,
+            "torch_version": torch.__version__}
+    store.write_bytes(f"{base}/config.json",
+                      json.dumps(meta, indent=2, sort_keys=True).encode())

@@ -1,0 +1,1 @@
+"""Built-in workloads: `digits` (scikit-learn's bundled digits) and `tiny-lm` (Python's stdlib)."""
