@@ -63,25 +63,30 @@ def run_replicate(args: argparse.Namespace) -> int:
 
 
 def add_emulators(sub: Any) -> None:
-    p = sub.add_parser("emulators", help="local stand-ins for GCS (and Vertex AI)")
+    p = sub.add_parser("emulators", help="local stand-ins for GCS and Vertex AI")
     esub = p.add_subparsers(dest="emulators_command", metavar="ACTION")
     esub.required = True
     up = esub.add_parser(
         "up",
         help="run the emulators in the foreground until Ctrl-C",
-        description="Start the GCS emulator on loopback and print the export line(s) to "
-        "paste into another shell. Stops cleanly on Ctrl-C or SIGTERM.",
+        description="Start the GCS and Vertex AI emulators on loopback and print the export "
+        "lines to paste into another shell. Stops cleanly on Ctrl-C or SIGTERM.",
     )
     up.add_argument("--gcs-port", type=int, default=9023, help="GCS emulator port (9023)")
     up.add_argument("--data-dir", help="keep GCS objects on disk here (default: in memory)")
-    up.add_argument("--only", choices=["gcs"], help="start only this emulator")
+    up.add_argument("--vertex-port", type=int, default=9024,
+                    help="Vertex AI emulator port (9024)")
+    up.add_argument("--scenario", metavar="FILE",
+                    help="Vertex AI fault scenario (JSON: seed, regions, timings)")
+    up.add_argument("--only", choices=["gcs", "vertex"], help="start only this emulator")
     up.set_defaults(handler=run_emulators_up)
 
 
 def run_emulators_up(args: argparse.Namespace) -> int:
     from vertex_patterns.emulators.serve import serve_forever
 
-    serve_forever(gcs_port=args.gcs_port, data_dir=args.data_dir)
+    serve_forever(gcs_port=args.gcs_port, data_dir=args.data_dir, vertex_port=args.vertex_port,
+                  scenario_path=args.scenario, only=args.only)
     return EXIT_OK
 
 
@@ -212,3 +217,44 @@ def run_checkpoints_fan_out(args: argparse.Namespace) -> int:
     )
     sys.stdout.write(summary.to_table())
     return EXIT_OK if summary.ok else EXIT_FAILED
+
+
+def add_train(sub: Any) -> None:
+    from vertex_patterns.training.cli import EPILOG, add_train_arguments
+
+    p = sub.add_parser(
+        "train",
+        help="preemption-safe training with checkpoint-resume (the Spot VM trainer)",
+        description="Trains a workload, checkpointing to RUN_DIR/checkpoints; on SIGTERM it "
+        "commits a checkpoint inside the grace period and exits to be restarted.",
+        epilog=EPILOG,
+    )
+    add_train_arguments(p)
+    p.set_defaults(handler=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from vertex_patterns.training.cli import run_train as run
+
+    return run(args)
+
+
+def add_launch(sub: Any) -> None:
+    from vertex_patterns.launcher.cli import EPILOG, add_launch_arguments
+
+    p = sub.add_parser(
+        "launch",
+        help="run a training job on Spot capacity, failing over between regions",
+        description="Creates a Vertex AI CustomJob in the first region, classifies how it "
+        "ends, and retries or moves to the next region until it succeeds. Give the container "
+        "command after `--`.",
+        epilog=EPILOG,
+    )
+    add_launch_arguments(p)
+    p.set_defaults(handler=run_launch)
+
+
+def run_launch(args: argparse.Namespace) -> int:
+    from vertex_patterns.launcher.cli import run_launch as run
+
+    return run(args)

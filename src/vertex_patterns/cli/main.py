@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_compile(sub)
     commands.add_demo(sub)
     commands.add_checkpoints(sub)
+    commands.add_train(sub)
+    commands.add_launch(sub)
     return parser
 
 
