@@ -112,10 +112,16 @@ def run_compile(args: argparse.Namespace) -> int:
 def add_demo(sub: Any) -> None:
     p = sub.add_parser(
         "demo",
-        help="replicate a sample data set across regional buckets on the embedded emulator",
+        help="the main job on the embedded emulators: data replication, then Spot training "
+        "across regions with a stockout and a preemption",
         description="Starts the GCS emulator, writes a sample data set, replicates it to "
-        "three regional buckets, re-runs incrementally and restores it, printing each report.",
+        "three regional buckets, re-runs incrementally and restores it, printing each report. "
+        "Then starts the Vertex AI emulator with a fault scenario (stockout in one region, a "
+        "preemption in the next) and launches the real trainer as a Spot custom job, which "
+        "fails over and resumes from the fanned-out checkpoints.",
     )
+    p.add_argument("--skip-training", action="store_true",
+                   help="only the replication part")
     p.add_argument("--objects", type=int, default=200, help="small objects to generate (200)")
     p.add_argument("--large-objects", type=int, default=4,
                    help="16 MiB objects to generate (4)")
@@ -128,6 +134,10 @@ def run_demo(args: argparse.Namespace) -> int:
 
     ok = run_replication_demo(objects=args.objects, large_objects=args.large_objects,
                               workers=args.workers)
+    if not args.skip_training:
+        from vertex_patterns.demo_spot import run_spot_training_demo
+
+        ok = run_spot_training_demo() and ok
     return EXIT_OK if ok else EXIT_FAILED
 
 
