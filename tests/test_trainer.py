@@ -64,10 +64,12 @@ class Attempt:
 
 
 def run_attempt(args: Sequence[str], *, stop_at: int | None = None,
-                sig: signal.Signals = signal.SIGTERM) -> Attempt:
+                sig: signal.Signals = signal.SIGTERM,
+                extra_env: dict[str, str] | None = None) -> Attempt:
     """Runs one trainer process; with `stop_at`, sends `sig` once it logs that step."""
     proc = subprocess.Popen([sys.executable, "-m", "vertex_patterns.train", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**env(), **(extra_env or {})})
     attempt = Attempt(code=-1)
     err: list[str] = []
     reader = threading.Thread(target=lambda: err.append(proc.stderr.read()), daemon=True)
@@ -367,5 +369,35 @@ class TestDistributedPreemption:
         code, out = torchrun(base_args(run_dir, max_steps=steps))
         assert code == 0, out[-4000:]
         ref, got = final_params(ref_dir), final_params(run_dir)
+        for name in ref:
+            assert torch.equal(ref[name], got[name]), name
+
+
+class TestUserWorkloadWithScaler:
+    """A `module:function` workload with a GradScaler resumes with the scaler's state: the
+    resumed run ends identical to an uninterrupted one and the checkpoint holds the scale."""
+
+    def test_scaler_state_survives_resume(self, tmp_path: Path) -> None:
+        helpers = str(Path(__file__).parent / "helpers")
+        extra_env = {"PYTHONPATH": os.pathsep.join(
+            p for p in (helpers, os.environ.get("PYTHONPATH")) if p)}
+        args = ["--workload", "scaled_workload:build", "--max-steps", "20",
+                "--checkpoint-every-steps", "5", "--seed", "3", "--deterministic",
+                "--log-every-steps", "1"]
+
+        def launch(run_dir: Path, stop_at: int | None = None) -> Attempt:
+            return run_attempt(["--run-dir", str(run_dir), *args], stop_at=stop_at,
+                               extra_env=extra_env)
+
+        assert launch(tmp_path / "ref").code == EXIT_OK
+        first = launch(tmp_path / "run", stop_at=8)
+        assert first.code == EXIT_PREEMPTED, first.stderr[-2000:]
+        with CheckpointManager(str(tmp_path / "run" / "checkpoints")) as ckpt:
+            restored = ckpt.restore()
+        assert restored is not None
+        scaler = restored.state["scaler"]
+        assert scaler is not None and float(scaler["scale"]) != 2.0**8  # it grew on the way
+        assert launch(tmp_path / "run").code == EXIT_OK
+        ref, got = final_params(tmp_path / "ref"), final_params(tmp_path / "run")
         for name in ref:
             assert torch.equal(ref[name], got[name]), name

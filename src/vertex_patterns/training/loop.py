@@ -90,6 +90,7 @@ class Trainer:
             "optimizer": workload.optimizer.state_dict(),
             "scheduler": None if workload.scheduler is None
             else workload.scheduler.state_dict(),
+            "scaler": None if workload.scaler is None else workload.scaler.state_dict(),
             "rng": capture_rng(),
             "data": dict(position),
             "step": step,
@@ -109,6 +110,8 @@ class Trainer:
         workload.optimizer.load_state_dict(state["optimizer"])
         if workload.scheduler is not None and state.get("scheduler") is not None:
             workload.scheduler.load_state_dict(state["scheduler"])
+        if workload.scaler is not None and state.get("scaler") is not None:
+            workload.scaler.load_state_dict(state["scaler"])
         restore_rng(state["rng"])
 
     # -- the run -------------------------------------------------------------------------
@@ -219,10 +222,17 @@ class _Loop:
         batch = w.get_batch(ids)
         w.optimizer.zero_grad(set_to_none=True)
         loss = w.loss_fn(self.model, batch)
-        loss.backward()
         clip = w.grad_clip if w.grad_clip is not None else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
-        w.optimizer.step()
+        if w.scaler is not None:
+            w.scaler.scale(loss).backward()
+            w.scaler.unscale_(w.optimizer)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
+            w.scaler.step(w.optimizer)
+            w.scaler.update()
+        else:
+            loss.backward()
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
+            w.optimizer.step()
         if w.scheduler is not None:
             w.scheduler.step()
         return float(loss.detach()), grad_norm, ids

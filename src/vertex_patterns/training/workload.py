@@ -58,6 +58,8 @@ class Workload:
     """JSON-able hyperparameters and model config; fingerprinted, and saved next to the model."""
     grad_clip: float | None = 1.0
     """Max global gradient norm, or None for no clipping."""
+    scaler: torch.amp.GradScaler | None = None
+    """Loss scaler for float16 mixed precision (checkpointed with the rest), or None."""
 
     def __post_init__(self) -> None:
         if not self.name:
