@@ -37,9 +37,11 @@ test: lint typecheck unit
 compile: venv
 	$(BIN)/vertex-patterns compile
 
-# rclone is the peer the replication benchmark measures against (Debian package).
+# rclone is the peer the replication benchmark measures against, rsync its local reference
+# (Debian packages).
 bench-deps:
-	command -v rclone >/dev/null || (apt-get update -qq && apt-get install -y -qq rclone)
+	command -v rclone >/dev/null && command -v rsync >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq rclone rsync)
 
 bench: venv bench-deps
 	$(BIN)/python bench/replication.py

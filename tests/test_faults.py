@@ -87,6 +87,31 @@ class TestVerification:
         assert not out.exists() or list(out.rglob("*")) == []
 
 
+class TestRequestsPerObject:
+    """gs→local fetches each object with one GET (the listing already gave its generation,
+    size and CRC32C); an unchanged re-run sends no request about any object."""
+
+    @pytest.mark.faults(seed=0)
+    def test_one_get_per_object(
+        self, store: Storage, bucket: str, tmp_path, faulty: FaultProxy
+    ) -> None:
+        files = {f"o{i:02d}": os.urandom(1000 + i) for i in range(20)}
+        for key, data in files.items():
+            store.write_bytes(f"gs://{bucket}/d/{key}", data)
+        out = str(tmp_path / "out")
+        flaky = storage_via(faulty)
+        faulty.reset_stats()
+        assert replicate(f"gs://{bucket}/d", [out], storage=flaky, progress=False).ok
+        per_object = [h for h in faulty.history if "/o/d%2Fo" in h[1]]
+        assert sorted(h[1].split("/o/d%2F")[1].split("?")[0] for h in per_object) == sorted(files)
+        assert all(h[0] == "GET" and "alt=media" in h[1] for h in per_object)
+        assert read_tree(store, out) == files
+        faulty.reset_stats()
+        again = replicate(f"gs://{bucket}/d", [out], storage=flaky, progress=False)
+        assert again.destinations[0].skipped == len(files)
+        assert [h for h in faulty.history if "/o/d%2Fo" in h[1]] == []
+
+
 class TestPermanentErrors:
     """Every request failing: retries run out with a message naming the URI; bounded attempts."""
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
 from conftest import read_tree, write_tree
 from vertex_patterns.errors import ConfigError
 from vertex_patterns.replication import replicate
-from vertex_patterns.storage import Storage
+from vertex_patterns.storage import Storage, crc32c_bytes
+from vertex_patterns.storage.crc_cache import CTIME_SLACK_NS, RACY_WINDOW_NS, cached_crc32c
 
 FILES = {f"part-{i:03d}.bin": os.urandom(1000 + i) for i in range(30)} | {
     "nested/dir/meta.json": b'{"x": 1}'
@@ -58,6 +60,44 @@ class TestIncremental:
         third = replicate(src, dests, progress=False)
         assert [(d.copied, d.skipped) for d in third.destinations] == [(1, len(FILES) - 1)] * 2
         assert store.read_bytes(f"{dests[1]}/part-000.bin") == bytes(1000)
+
+
+def _rewrite_keeping_size_and_mtime(path: str, data: bytes) -> None:
+    st = os.stat(path)
+    assert len(data) == st.st_size
+    with open(path, "r+b") as f:
+        f.write(data)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+class TestRememberedChecksums:
+    """After a local run both sides carry their CRC32C (an unchanged re-run reads no file);
+    a file changed in place with its size and mtime restored is still copied again."""
+
+    def test_local_to_local(self, store: Storage, tmp_path) -> None:
+        src, dst = str(tmp_path / "src"), str(tmp_path / "dst")
+        write_tree(store, src, FILES)
+        try:
+            os.setxattr(src, "user.vp.probe", b"1")
+        except OSError:
+            pytest.skip("this filesystem has no user extended attributes")
+        time.sleep(2 * RACY_WINDOW_NS / 1e9)  # sources at rest may be remembered
+        assert replicate(src, [dst], progress=False).ok
+        for root in (src, dst):
+            for key, data in FILES.items():
+                path = os.path.join(root, *key.split("/"))
+                assert cached_crc32c(path, os.stat(path)) == crc32c_bytes(data)
+        again = replicate(src, [dst], progress=False)
+        assert (again.destinations[0].copied, again.destinations[0].skipped) == (0, len(FILES))
+        time.sleep(2 * CTIME_SLACK_NS / 1e9)
+        _rewrite_keeping_size_and_mtime(os.path.join(dst, "part-001.bin"), bytes(1001))
+        third = replicate(src, [dst], progress=False)
+        assert third.destinations[0].copied == 1
+        new_source = os.urandom(1002)
+        _rewrite_keeping_size_and_mtime(os.path.join(src, "part-002.bin"), new_source)
+        fourth = replicate(src, [dst], progress=False)
+        assert fourth.destinations[0].copied == 1
+        assert read_tree(store, dst) == FILES | {"part-002.bin": new_source}
 
 
 class TestDelete:
@@ -116,6 +156,19 @@ class TestPathEscape:
         assert all("refusing" in e for e in report.destinations[0].errors)
         assert sorted(os.listdir(tmp_path)) == ["dest"]
         assert [p.name for p in dest.rglob("*")] == ["ok.txt"]
+
+
+    def test_symlinked_directory_pointing_outside(self, store: Storage, tmp_path) -> None:
+        src, dest, outside = tmp_path / "src", tmp_path / "dest", tmp_path / "outside"
+        write_tree(store, str(src), {"inside/x": b"1", "link/y": b"2"})
+        outside.mkdir()
+        dest.mkdir()
+        (dest / "link").symlink_to(outside, target_is_directory=True)
+        report = replicate(str(src), [str(dest)], progress=False)
+        assert report.destinations[0].copied == 1 and report.destinations[0].failed == 1
+        assert "resolves outside" in report.destinations[0].errors[0]
+        assert list(outside.iterdir()) == []
+        assert (dest / "inside" / "x").read_bytes() == b"1"
 
 
 class TestBadInput:

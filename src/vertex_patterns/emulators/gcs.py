@@ -1,8 +1,21 @@
 """The GCS JSON API on loopback, from the PyPI package gcp-storage-emulator.
 
-`serve_gcs` runs it in this process (what `vertex-patterns emulators up` does);
+`start_gcs_server` runs it in this process (what `vertex-patterns emulators up` does);
 `GcsEmulator` runs that command as a child process, so the emulator's request handling never
 competes with the caller's threads for the GIL (tests and benchmarks use it).
+
+The server is single-threaded and answers HTTP/1.0 (a connection per request). Two of its
+defaults are changed here because they make the emulator, not the client, the bottleneck of
+any parallel workload, without changing what it answers:
+
+- the listen backlog is raised from socketserver's 5 to 128: with more than ~6 clients
+  connecting at once, the kernel drops SYNs and each dropped one costs the client a 1 s TCP
+  retransmit;
+- in memory, the per-write dump of all metadata to its in-memory `.meta` blob is skipped:
+  that blob is only read back when a server starts on a data directory, and the dump makes
+  every write cost time in proportion to the objects already stored.
+
+`stock=True` serves the package exactly as published (for benchmarks that want to show it).
 """
 
 from __future__ import annotations
@@ -31,13 +44,20 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def start_gcs_server(host: str, port: int, *, data_dir: str | None = None) -> Any:
+LISTEN_BACKLOG = 128
+
+
+def start_gcs_server(
+    host: str, port: int, *, data_dir: str | None = None, stock: bool = False
+) -> Any:
     """Starts gcp-storage-emulator in a thread of this process and returns its server.
 
     Args:
         host: The address to bind (loopback).
         port: The port (0 is not supported by the emulator: use `free_port`).
         data_dir: Keep objects on disk there; None keeps them in memory.
+        stock: Keep the package's listen backlog of 5 and its per-write metadata dump in
+            memory (see the module docstring); by default both are changed.
 
     Raises:
         OSError: The port is taken.
@@ -51,7 +71,14 @@ def start_gcs_server(host: str, port: int, *, data_dir: str | None = None) -> An
         probe.bind((host, port))
     logging.getLogger("gcp_storage_emulator").setLevel(logging.WARNING)
     server = create_server(host, port, in_memory=data_dir is None, data_dir=data_dir)
+    if not stock and data_dir is None:
+        # Nothing reads the in-memory dump back (it is read once, when a Storage is built).
+        server._storage._write_config_to_file = lambda: None
     server.start()
+    if not stock:
+        # listen() on a listening socket sets its backlog anew (the server is already bound
+        # and listening with socketserver's request_queue_size of 5 by now).
+        server._api._httpd.socket.listen(LISTEN_BACKLOG)
     return server
 
 

@@ -4,10 +4,16 @@ An object is skipped when the destination holds the same size and CRC32C (never 
 alone), so re-running over unchanged data copies nothing and an interrupted run resumes where
 it stopped. Each copy is verified by CRC32C; local destinations are written under a temporary
 name and renamed only once verified; gs→gs copies are server-side rewrites.
+
+Local files' CRC32C comes from the checksum remembered beside them (`storage.crc_cache`)
+where it is still valid, and is otherwise computed only when a skip decision needs it (the
+destination holds an object of the same size) or, for a copy, from the bytes as they are
+copied. Skip decisions that need no file read are made while planning, without a worker.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
@@ -23,12 +29,13 @@ from vertex_patterns.errors import (
     PermanentError,
     StorageError,
 )
+from vertex_patterns.replication.local_targets import LocalTargets
 from vertex_patterns.replication.progress import Progress
 from vertex_patterns.replication.report import DestinationReport, ReplicationReport
 from vertex_patterns.storage import ObjectInfo, Storage
-from vertex_patterns.storage.checksum import crc32c_file
+from vertex_patterns.storage.crc_cache import crc32c_file_cached
 from vertex_patterns.storage.local import remove_stale_temp_files
-from vertex_patterns.storage.uri import StorageUri, parse_uri, safe_local_path
+from vertex_patterns.storage.uri import StorageUri, parse_uri
 
 log = logging.getLogger("vertex_patterns.replication")
 
@@ -64,33 +71,37 @@ def _check_locations(source: StorageUri, dests: list[StorageUri]) -> None:
                 raise ConfigError(f"destinations {a} and {b} overlap: give disjoint prefixes")
 
 
-def _check_exists(store: Storage, source: StorageUri, dests: list[StorageUri]) -> None:
-    if source.is_gcs:
-        if not store.gcs.bucket_exists(source):
-            raise ConfigError(f"source bucket gs://{source.bucket} does not exist: fix the URI")
-    elif not os.path.isdir(source.path):
+def _check_local(source: StorageUri, dests: list[StorageUri]) -> None:
+    # Buckets are checked by listing them (see Replicator._list), which planning does for
+    # every location before anything is written.
+    if not source.is_gcs and not os.path.isdir(source.path):
         what = "is not a directory" if os.path.exists(source.path) else "does not exist"
         raise ConfigError(f"source {source} {what}: give a directory or gs:// prefix")
     for d in dests:
-        if d.is_gcs:
-            if not store.gcs.bucket_exists(d):
-                raise ConfigError(
-                    f"destination bucket gs://{d.bucket} does not exist: create it first "
-                    f"(gcloud storage buckets create gs://{d.bucket} --location=REGION)"
-                )
-        elif os.path.exists(d.path) and not os.path.isdir(d.path):
+        if not d.is_gcs and os.path.exists(d.path) and not os.path.isdir(d.path):
             raise ConfigError(f"destination {d} exists and is not a directory")
-
-
-def _target_uri(dest: StorageUri, key: str) -> str:
-    """Where `key` lands below `dest`; local targets are checked against path escapes."""
-    if dest.is_gcs:
-        return str(dest.join(key))
-    return safe_local_path(dest.path, key)
 
 
 def _is_dir_marker(info: ObjectInfo) -> bool:
     return info.key.endswith("/") and info.size == 0
+
+
+def _spread_over_directories(copies: list[_Copy]) -> list[_Copy]:
+    """Orders copies to local directories round-robin over those directories.
+
+    Creating a file holds its directory's lock; where creating is slow (an ext4 scanning
+    past many recently freed inodes takes ~0.5 ms), workers that all write into one
+    directory at a time, as the listing order would have them, queue and spin on that lock.
+    Spread over directories they create in parallel. The order within a directory, and of
+    gs:// targets, is kept.
+    """
+    lanes: dict[str, list[_Copy]] = {}
+    for c in copies:
+        directory = "" if c.target.startswith("gs://") else os.path.dirname(c.target)
+        lanes.setdefault(directory, []).append(c)
+    if len(lanes) < 2:
+        return copies
+    return [c for row in itertools.zip_longest(*lanes.values()) for c in row if c is not None]
 
 
 class Replicator:
@@ -128,20 +139,45 @@ class Replicator:
         self.reports = [DestinationReport(uri=str(d)) for d in self.dests]
         self._lock = threading.Lock()
         self._start = 0.0
+        # CRC32C of local source files, by URI, once known (shared by all destinations).
+        self._source_crc: dict[str, str] = {}
 
     # -- planning -----------------------------------------------------------------------
-    def _list_source(self, pool: ThreadPoolExecutor) -> list[ObjectInfo]:
-        objects = list(self.store.list(str(self.source)))
-        if not self.source.is_gcs:
-            # Local sources: checksum every file once, in parallel (each destination needs it
-            # for the skip decision or the verification).
-            crcs = list(pool.map(lambda o: crc32c_file(o.uri), objects))
-            objects = [replace(o, crc32c=c) for o, c in zip(objects, crcs, strict=True)]
-        return objects
+    def _list(self, location: StorageUri) -> list[ObjectInfo]:
+        """Lists a location; a missing bucket is a ConfigError.
+
+        Local listings carry only remembered checksums: reading files is left to the
+        workers, and only where a decision or a copy needs it.
+        """
+        try:
+            return list(self.store.list(str(location), cached_crc32c_only=True))
+        except NotFoundError as exc:
+            if location is self.source:
+                raise ConfigError(f"source bucket gs://{location.bucket} does not exist: "
+                                  "fix the URI") from exc
+            raise ConfigError(
+                f"destination bucket gs://{location.bucket} does not exist: create it first "
+                f"(gcloud storage buckets create gs://{location.bucket} --location=REGION)"
+            ) from exc
 
     def _plan(self, pool: ThreadPoolExecutor) -> tuple[list[_Copy], list[_Delete]]:
-        _check_exists(self.store, self.source, self.dests)
-        sources = self._list_source(pool)
+        _check_local(self.source, self.dests)
+        # Buckets are listed at once in workers (that is mostly waiting), local directories
+        # meanwhile here (that is CPU, which threads would only contend for); all before
+        # anything is written, so a missing bucket stops the run with nothing copied.
+        locations = [self.source, *self.dests]
+        pending = {i: pool.submit(self._list, loc)
+                   for i, loc in enumerate(locations) if loc.is_gcs}
+        try:
+            listed = [pending[i].result() if i in pending else self._list(loc)
+                      for i, loc in enumerate(locations)]
+        except BaseException:
+            for f in pending.values():
+                f.cancel()
+            raise
+        sources, *listings = listed
+        if not self.source.is_gcs:
+            self._source_crc = {o.uri: o.crc32c for o in sources if o.crc32c is not None}
         if not sources and self.delete and not self.allow_empty_source:
             raise ConfigError(
                 f"source {self.source} lists no objects and --delete would empty every "
@@ -151,21 +187,30 @@ class Replicator:
         deletes: list[_Delete] = []
         source_keys = {o.key for o in sources}
         for i, dest in enumerate(self.dests):
-            existing = {o.key: o for o in self.store.list(str(dest))}
+            existing = {o.key: o for o in listings[i]}
+            local = None if dest.is_gcs else LocalTargets(dest.path)
+            report = self.reports[i]
             for obj in sources:
-                if _is_dir_marker(obj) and not dest.is_gcs:
-                    self.reports[i].skipped += 1  # a GCS "folder" placeholder: nothing to write
+                if local is not None and _is_dir_marker(obj):
+                    report.skipped += 1  # a GCS "folder" placeholder: nothing to write
+                    continue
+                have = existing.get(obj.key)
+                if (have is not None and have.size == obj.size and have.crc32c is not None
+                        and have.crc32c == obj.crc32c):
+                    # Both checksums known and equal: nothing is written, so no worker (and
+                    # no target path, whose escape check matters only for writes) is needed.
+                    report.skipped += 1
                     continue
                 try:
-                    target = _target_uri(dest, obj.key)
+                    target = str(dest.join(obj.key)) if local is None else local.path(obj.key)
                 except ConfigError as exc:
                     self._fail(i, str(exc))
                     continue
-                copies.append(_Copy(i, obj, target, existing.get(obj.key)))
+                copies.append(_Copy(i, obj, target, have))
             if self.delete:
                 deletes.extend(_Delete(i, o) for k, o in sorted(existing.items())
                                if k not in source_keys)
-        return copies, deletes
+        return _spread_over_directories(copies), deletes
 
     # -- execution ----------------------------------------------------------------------
     def _fail(self, dest: int, message: str) -> None:
@@ -178,14 +223,25 @@ class Replicator:
         with self._lock:
             self.reports[dest].seconds = time.monotonic() - self._start
 
+    def _source_crc32c(self, source: ObjectInfo) -> str:
+        if source.crc32c is not None:
+            return source.crc32c
+        crc = self._source_crc.get(source.uri)
+        if crc is None:
+            crc = crc32c_file_cached(source.uri)
+            self._source_crc[source.uri] = crc
+        return crc
+
     def _same(self, task: _Copy) -> bool:
         have = task.existing
         if have is None or have.size != task.source.size:
             return False
         crc = have.crc32c
-        if crc is None:  # local destination: checksum only when the sizes already match
-            crc = crc32c_file(have.uri)
-        return crc == task.source.crc32c
+        if crc is None:
+            # A local destination file, checksummed only now that the sizes match; never
+            # remembered through a symbolic link, which may point outside the destination.
+            crc = crc32c_file_cached(have.uri, remember=not os.path.islink(have.uri))
+        return crc == self._source_crc32c(task.source)
 
     def _copy(self, task: _Copy, progress: Progress) -> None:
         report = self.reports[task.dest]
@@ -202,10 +258,14 @@ class Replicator:
                 report.bytes_copied += task.source.size
             return
         generation = task.existing.generation if task.existing else 0
+        source = task.source
+        if source.crc32c is None:
+            # Known from another destination or a skip check; else computed while copying.
+            source = replace(source, crc32c=self._source_crc.get(source.uri))
         error: StorageError | None = None
         for attempt in range(1, self.copy_attempts + 1):
             try:
-                result = self.store.copy(task.source, task.target, expected_generation=generation)
+                result = self.store.copy(source, task.target, expected_generation=generation)
             except (PermanentError, ConfigError) as exc:
                 error = exc if isinstance(exc, StorageError) else StorageError(str(exc))
                 break
@@ -214,7 +274,13 @@ class Replicator:
                 log.warning("copy of %s to %s failed (attempt %d/%d): %s", task.source.uri,
                             task.target, attempt, self.copy_attempts, exc)
                 generation = None  # the destination may have changed: look again
+                if not self.source.is_gcs:
+                    # The local file may have changed since its CRC32C was taken: take it
+                    # again from the bytes the next attempt reads.
+                    source = replace(source, crc32c=None)
                 continue
+            if not self.source.is_gcs and result.destination.crc32c is not None:
+                self._source_crc.setdefault(source.uri, result.destination.crc32c)
             with self._lock:
                 report.copied += 1
                 report.bytes_copied += task.source.size

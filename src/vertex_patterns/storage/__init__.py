@@ -82,18 +82,26 @@ class Storage:
     def _backend(self, location: StorageUri) -> GcsBackend | LocalBackend:
         return self.gcs if location.is_gcs else self.local
 
-    def list(self, uri: str, *, with_crc32c: bool = False) -> Iterator[ObjectInfo]:
+    def list(
+        self, uri: str, *, with_crc32c: bool = False, cached_crc32c_only: bool = False
+    ) -> Iterator[ObjectInfo]:
         """Yields every object below `uri`, recursively, with keys relative to it.
 
         Args:
             uri: A prefix (`gs://bucket/prefix`) or a local directory.
             with_crc32c: Also compute CRC32C for local files (GCS always reports it).
+            cached_crc32c_only: For local files, report a CRC32C only where a still-valid
+                one is remembered beside the file (`storage.crc_cache`), reading no file
+                contents. For skip decisions, never for integrity checks.
 
         Raises:
             NotFoundError: The bucket does not exist.
         """
         location = parse_uri(uri)
-        return self._backend(location).list(location, with_crc32c=with_crc32c)
+        if location.is_gcs:
+            return self.gcs.list(location)
+        return self.local.list(location, with_crc32c=with_crc32c,
+                               cached_crc32c_only=cached_crc32c_only)
 
     def stat(self, uri: str) -> ObjectInfo | None:
         """One object's metadata (CRC32C included), or None when it does not exist."""
@@ -121,23 +129,14 @@ class Storage:
         return self._backend(location).write_bytes(location, data)
 
     def upload_file(self, local_path: str, uri: str) -> ObjectInfo:
-        """Streams a local file to `uri`, verified by CRC32C."""
+        """Streams a local file to `uri`, verified by CRC32C (computed while it is read)."""
         location = parse_uri(uri)
-        crc = crc32c_file(local_path)
-        info = self._backend(location).upload_file(local_path, location, crc32c=crc)
-        _verify(info, crc)
-        return info
+        return self._backend(location).upload_file(local_path, location)
 
     def download_file(self, uri: str, local_path: str) -> ObjectInfo:
         """Streams the object at `uri` into `local_path` (temporary name, then rename)."""
         location = parse_uri(uri)
-        if location.is_gcs:
-            info, _ = self.gcs.download_file(location, local_path)
-            return info
-        crc = crc32c_file(location.path) if self.local.stat(location, with_crc32c=False) else None
-        if crc is None:
-            raise NotFoundError(f"{uri}: not found", uri=uri)
-        info, _ = self.local.download_file(location, local_path, crc32c=crc)
+        info, _ = self._backend(location).download_file(location, local_path)
         return info
 
     def write_stream(self, uri: str, produce: Callable[[BinaryIO], T]) -> T:
@@ -169,11 +168,13 @@ class Storage:
         """Copies one object anywhere to anywhere and verifies the destination's CRC32C.
 
         gs→gs is a server-side rewrite (no bytes through this process); the other pairs
-        stream. Local destinations are written under a temporary name and renamed once
-        verified.
+        stream, and a download is a single GET pinned to the listed generation. Local
+        destinations are written under a temporary name and renamed once verified.
 
         Args:
-            source: The source object's metadata; `crc32c` is computed when missing.
+            source: The source object's metadata. For a local source without `crc32c`, the
+                CRC32C is computed from the bytes as they are copied (the file must not
+                change meanwhile) and compared with the destination's.
             dest_uri: Where to write.
             expected_generation: The destination's generation as last listed (0: absent),
                 the precondition for GCS writes; None stats it first.
@@ -185,7 +186,7 @@ class Storage:
         src = parse_uri(source.uri)
         dst = parse_uri(dest_uri)
         crc = source.crc32c
-        if crc is None:
+        if crc is None and src.is_gcs:
             crc = self._crc32c(src)
         moved = source.size
         if src.is_gcs and dst.is_gcs:
@@ -197,7 +198,10 @@ class Storage:
             )
             moved = 0
         elif src.is_gcs:
-            _, written = self.gcs.download_file(src, dst.path, crc32c=crc)
+            _, written = self.gcs.download_file(
+                src, dst.path, crc32c=crc,
+                source=source if source.generation is not None else None,
+            )
             info = ObjectInfo(uri=dst.path, key="", size=source.size, crc32c=written)
         elif dst.is_gcs:
             info = self.gcs.upload_file(
@@ -208,10 +212,7 @@ class Storage:
         _verify(info, crc)
         return CopyResult(destination=info, bytes_through_client=moved)
 
-
     def _crc32c(self, location: StorageUri) -> str | None:
-        if not location.is_gcs:
-            return crc32c_file(location.path)
         info = self.gcs.stat(location)
         if info is None:
             raise NotFoundError(f"{location}: not found", uri=str(location))

@@ -6,14 +6,16 @@ import base64
 import ctypes
 import glob
 import os
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 import google_crc32c
 
 CHUNK_SIZE = 4 * 1024 * 1024
 
 
-def _load_native_extend() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+def _load_native_extend(
+    loader: type[ctypes.CDLL] = ctypes.CDLL,
+) -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
     """`crc32c_extend` of the C library inside the google-crc32c wheel, for raw buffers.
 
     google-crc32c's Python API takes only `bytes`; checksumming a tensor's memory through it
@@ -29,7 +31,7 @@ def _load_native_extend() -> ctypes._CFuncPtr | None:  # type: ignore[name-defin
     for pattern in patterns:
         for path in sorted(glob.glob(pattern)):
             try:
-                fn = ctypes.CDLL(path).crc32c_extend
+                fn = loader(path).crc32c_extend
             except (OSError, AttributeError):
                 continue
             fn.restype = ctypes.c_uint32
@@ -39,6 +41,11 @@ def _load_native_extend() -> ctypes._CFuncPtr | None:  # type: ignore[name-defin
 
 
 _NATIVE_EXTEND = _load_native_extend()
+# The same function called with the GIL held (ctypes.PyDLL), for buffers below
+# _GIL_RELEASE_MIN: releasing the GIL for a few microseconds of checksumming costs a hand-off
+# between busy threads that is worth more than what the others could do meanwhile.
+_NATIVE_EXTEND_GIL = _load_native_extend(ctypes.PyDLL)
+_GIL_RELEASE_MIN = 1024 * 1024
 _FALLBACK_CHUNK = 8 * 1024 * 1024
 
 
@@ -60,10 +67,36 @@ def crc32c_extend_buffer(crc: int, buffer: memoryview) -> int:
             buffer = memoryview(bytes(buffer)) if n < 4096 else buffer
         if not buffer.readonly:
             addr = ctypes.addressof(ctypes.c_char.from_buffer(buffer))
-            return int(_NATIVE_EXTEND(crc, addr, n))
+            fn = _NATIVE_EXTEND
+            if n < _GIL_RELEASE_MIN and _NATIVE_EXTEND_GIL is not None:
+                fn = _NATIVE_EXTEND_GIL
+            return int(fn(crc, addr, n))
     for start in range(0, n, _FALLBACK_CHUNK):
         crc = google_crc32c.extend(crc, bytes(buffer[start:start + _FALLBACK_CHUNK]))
     return crc
+
+
+# From this size on, bytes are checksummed by the native call without the GIL (other threads
+# run meanwhile); below it, google-crc32c's call under the GIL costs less than a hand-off.
+_BYTES_NATIVE_MIN = 1024 * 1024
+
+
+def crc32c_extend_bytes(crc: int, data: bytes) -> int:
+    """Extends a CRC32C over a `bytes` object, without copying it.
+
+    Args:
+        crc: The running CRC32C (0 to start).
+        data: The bytes.
+
+    Returns:
+        The extended CRC32C.
+    """
+    data = bytes(data)  # the same object for bytes; a copy of other buffers
+    if _NATIVE_EXTEND is not None and len(data) >= _BYTES_NATIVE_MIN:
+        # c_char_p points into the (immutable, referenced) bytes object itself.
+        return int(_NATIVE_EXTEND(crc, ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p),
+                                  len(data)))
+    return int(google_crc32c.extend(crc, data))
 
 
 def encode_crc32c(value: int) -> str:
@@ -85,19 +118,29 @@ def crc32c_file(path: str, *, chunk_size: int = CHUNK_SIZE) -> str:
     return encode_crc32c(crc)
 
 
+class Writable(Protocol):
+    """What `HashingWriter` wraps: a binary file, or anything with these three methods."""
+
+    def write(self, data: bytes, /) -> int: ...
+
+    def flush(self) -> None: ...
+
+    def tell(self) -> int: ...
+
+
 class HashingWriter:
     """Wraps a binary file, computing the CRC32C of what passes through `write`.
 
     Used for downloads so the checksum costs no second read of the file.
     """
 
-    def __init__(self, raw: BinaryIO) -> None:
+    def __init__(self, raw: BinaryIO | Writable) -> None:
         self._raw = raw
         self._crc = 0
         self.bytes_written = 0
 
     def write(self, data: bytes) -> int:
-        self._crc = google_crc32c.extend(self._crc, data)
+        self._crc = crc32c_extend_bytes(self._crc, data)
         self.bytes_written += len(data)
         return self._raw.write(data)
 
@@ -111,3 +154,48 @@ class HashingWriter:
     def crc32c(self) -> str:
         """The base64 CRC32C of everything written so far."""
         return encode_crc32c(self._crc)
+
+
+class HashingReader:
+    """Wraps a binary file open for reading, computing the CRC32C of what is read in order.
+
+    Used for uploads so the checksum costs no separate read of the file. A reader that
+    seeks backwards and reads again (a retried chunk) makes the running CRC32C unusable:
+    `crc32c` is then None.
+    """
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self._crc = 0
+        self._pos = raw.tell()
+        self._hashed_to = self._pos
+        self._broken = self._pos != 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._raw.read(size)
+        if data:
+            if self._pos == self._hashed_to:
+                self._crc = crc32c_extend_bytes(self._crc, data)
+                self._hashed_to += len(data)
+            elif self._pos + len(data) > self._hashed_to:
+                self._broken = True
+            self._pos += len(data)
+        return data
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        self._pos = self._raw.seek(offset, whence)
+        return self._pos
+
+    @property
+    def bytes_hashed(self) -> int:
+        """How many bytes from the start went into the CRC32C."""
+        return self._hashed_to
+
+    @property
+    def crc32c(self) -> str | None:
+        """The base64 CRC32C of bytes 0..`bytes_hashed`, or None if the reads went astray."""
+        return None if self._broken else encode_crc32c(self._crc)
+

@@ -8,19 +8,38 @@ a failed precondition, the object is checked and accepted if it already holds ou
 
 from __future__ import annotations
 
-import datetime as dt
+import functools
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
-from typing import BinaryIO, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
+import google.cloud.storage as storage
 from google.auth.credentials import AnonymousCredentials
-from google.cloud import storage
 
-from vertex_patterns.errors import NotFoundError, PreconditionFailedError, TransientError
+from vertex_patterns.errors import (
+    IntegrityError,
+    NotFoundError,
+    PreconditionFailedError,
+    TransientError,
+)
 from vertex_patterns.storage.base import ObjectInfo
-from vertex_patterns.storage.checksum import HashingWriter, crc32c_bytes
-from vertex_patterns.storage.local import atomic_write
+from vertex_patterns.storage.checksum import (
+    HashingReader,
+    HashingWriter,
+    crc32c_bytes,
+    crc32c_extend_bytes,
+    crc32c_file,
+    encode_crc32c,
+)
+from vertex_patterns.storage.crc_cache import crc32c_file_cached, remember_read_crc32c
+from vertex_patterns.storage.gcs_direct import (
+    DirectHttp,
+    object_info,
+    skip_environment_lookups,
+)
+from vertex_patterns.storage.local_write import NewFile, check_unchanged
 from vertex_patterns.storage.retry import DEFAULT_RETRY, RetryPolicy
 from vertex_patterns.storage.uri import StorageUri
 
@@ -29,21 +48,23 @@ T = TypeVar("T")
 EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
 # (connect, read) seconds for each HTTP request.
 TIMEOUT = (10.0, 120.0)
+# Objects up to this size are downloaded with one read of the response body (and one write
+# and one checksum call) instead of the client library's 8 KiB stream chunks.
+SINGLE_SHOT_MAX = 8 * 1024 * 1024
+DIRECT_ENV = "VERTEX_PATTERNS_GCS_DIRECT"
+"""Set to 1 to send GCS calls over `gcs_direct` instead of google-cloud-storage."""
+
+# Files up to this size go in one request carrying their CRC32C (see `gcs_direct`); larger
+# ones as the library's resumable upload. Up to DIRECT_IN_MEMORY_MAX a file is read once into
+# memory and checksummed there; above, its CRC32C is taken first and the file streamed.
+DIRECT_UPLOAD_MAX = 64 * 1024 * 1024
+DIRECT_IN_MEMORY_MAX = 1024 * 1024
 
 
 def _info(blob: storage.Blob, key: str) -> ObjectInfo:
-    updated = blob.updated
-    if updated is not None and updated.tzinfo is None:
-        updated = updated.replace(tzinfo=dt.timezone.utc)
-    return ObjectInfo(
-        uri=f"gs://{blob.bucket.name}/{blob.name}",
-        key=key,
-        size=int(blob.size or 0),
-        crc32c=blob.crc32c,
-        md5=blob.md5_hash,
-        generation=int(blob.generation) if blob.generation is not None else None,
-        updated=updated,
-    )
+    # The blob's own resource, read once (its properties re-parse on every access).
+    resource = {"bucket": blob.bucket.name, **blob._properties, "name": blob.name}
+    return object_info(resource, key)
 
 
 class _BufferSink:
@@ -69,6 +90,14 @@ class GcsBackend:
             without that uses Application Default Credentials against real GCS.
         project: The project for the client; defaults to `GOOGLE_CLOUD_PROJECT`.
         retry: The retry policy for every call.
+        direct_upload_max: Files up to this size are uploaded in one request (see
+            `upload_file`); larger ones as the library's resumable upload.
+        direct: Send listings, downloads, uploads up to `direct_upload_max` and rewrites
+            directly over urllib3 where that is possible (see `gcs_direct`); False sends
+            every call through google-cloud-storage. None (the default) reads
+            `VERTEX_PATTERNS_GCS_DIRECT`: off unless it is "1". The library is the default
+            because it is the client Google maintains and the one the tests exercise; the
+            direct path halves client CPU per small object and is opt-in.
     """
 
     def __init__(
@@ -77,11 +106,17 @@ class GcsBackend:
         endpoint: str | None = None,
         project: str | None = None,
         retry: RetryPolicy = DEFAULT_RETRY,
+        direct_upload_max: int = DIRECT_UPLOAD_MAX,
+        direct: bool | None = None,
     ) -> None:
+        if direct is None:
+            direct = os.environ.get(DIRECT_ENV, "") == "1"
         self.endpoint = endpoint
         self.project = project
         self.retry = retry
+        self.direct_upload_max = direct_upload_max
         self._local = threading.local()
+        self._direct = DirectHttp(timeout=TIMEOUT, enabled=direct)
 
     # -- client -------------------------------------------------------------------------
     def client(self) -> storage.Client:
@@ -95,14 +130,18 @@ class GcsBackend:
     def _make_client(self) -> storage.Client:
         project = self.project or os.environ.get("GOOGLE_CLOUD_PROJECT")
         if self.endpoint:
-            return storage.Client(
+            client = storage.Client(
                 project=project or "local",
                 credentials=AnonymousCredentials(),
                 client_options={"api_endpoint": self.endpoint},
             )
-        if os.environ.get(EMULATOR_ENV):
-            return storage.Client(project=project or "local", credentials=AnonymousCredentials())
-        return storage.Client(project=project)
+        elif os.environ.get(EMULATOR_ENV):
+            client = storage.Client(project=project or "local",
+                                    credentials=AnonymousCredentials())
+        else:
+            client = storage.Client(project=project)
+        skip_environment_lookups(client)
+        return client
 
     def _blob(self, location: StorageUri, generation: int | None = None) -> storage.Blob:
         return self.client().bucket(location.bucket).blob(location.path, generation=generation)
@@ -119,8 +158,26 @@ class GcsBackend:
             )
             return [_info(b, b.name[len(prefix):]) for b in blobs if b.name != prefix]
 
+        def fetch_direct() -> list[ObjectInfo]:
+            client = self.client()
+            infos: list[ObjectInfo] = []
+            token: str | None = None
+            while True:  # each page retried on its own
+                page = self.retry.call(
+                    functools.partial(self._direct.list_page, client, location.bucket, prefix,
+                                      token),
+                    uri=uri, what="list")
+                infos.extend(object_info(r, r["name"][len(prefix):])
+                             for r in page.get("items", ()) if r["name"] != prefix)
+                token = page.get("nextPageToken")
+                if not token:
+                    return infos
+
         try:
-            infos = self.retry.call(fetch, uri=uri, what="list")
+            if self._direct.usable(self.client()):
+                infos = fetch_direct()
+            else:
+                infos = self.retry.call(fetch, uri=uri, what="list")
         except NotFoundError as exc:
             raise NotFoundError(
                 f"bucket gs://{location.bucket} does not exist (or is not visible to these "
@@ -166,28 +223,50 @@ class GcsBackend:
         )
 
     def download_file(
-        self, location: StorageUri, local_path: str, *, crc32c: str | None = None
+        self,
+        location: StorageUri,
+        local_path: str,
+        *,
+        crc32c: str | None = None,
+        source: ObjectInfo | None = None,
     ) -> tuple[ObjectInfo, str]:
-        """Streams the object to `local_path` atomically, verified before the rename."""
+        """Streams the object to `local_path` atomically, verified before the rename.
+
+        Args:
+            location: The object.
+            local_path: Where the file goes.
+            crc32c: The CRC32C the bytes must have; defaults to the object's.
+            source: The object's metadata as already listed (generation, size, CRC32C); the
+                download is then one media GET. Without it the object is stat-ed first.
+        """
         uri = str(location)
-        source = self.stat(location)
-        if source is None:
-            raise NotFoundError(f"{uri}: not found", uri=uri)
+        if source is None or source.generation is None:
+            source = self.stat(location)
+            if source is None:
+                raise NotFoundError(f"{uri}: not found", uri=uri)
         expected = crc32c or source.crc32c
+        generation = source.generation
+        single_shot = source.size <= SINGLE_SHOT_MAX
 
         def fetch() -> str:
-            blob = self._blob(location)
-            # Pin the generation listed above, so the bytes match the checksum we compare with.
-            with atomic_write(local_path) as f:
+            client = self.client()
+            # Pin the generation listed, so the bytes match the checksum we compare with.
+            with NewFile(local_path) as f:
                 writer = HashingWriter(f)
-                blob.download_to_file(
-                    writer,
-                    raw_download=True,
-                    checksum=None,
-                    if_generation_match=source.generation,
-                    retry=None,
-                    timeout=TIMEOUT,
-                )
+                if self._direct.usable(client):
+                    self._direct.download(client, location.bucket, location.path, writer,
+                                          if_generation_match=generation,
+                                          single_shot=single_shot)
+                else:
+                    self._blob(location).download_to_file(
+                        writer,
+                        raw_download=True,
+                        checksum=None,
+                        if_generation_match=generation,
+                        retry=None,
+                        timeout=TIMEOUT,
+                        single_shot_download=single_shot,
+                    )
                 if expected is not None and writer.crc32c != expected:
                     # Raised inside the with-block: the temporary file is dropped, never renamed.
                     raise TransientError(
@@ -195,6 +274,7 @@ class GcsBackend:
                         f"expected {expected}",
                         uri=uri,
                     )
+                f.commit(writer.crc32c)
             return writer.crc32c
 
         return source, self.retry.call(fetch, uri=uri, what="download")
@@ -273,42 +353,110 @@ class GcsBackend:
         expected_generation: int | None = None,
         crc32c: str | None = None,
     ) -> ObjectInfo:
-        """Streams a local file up; large files go as a resumable upload.
+        """Sends a local file up, verified by CRC32C.
+
+        The CRC32C of the bytes sent must equal the one the server reports for the stored
+        object (and `crc32c`, when given), and the file must not change meanwhile. How:
+
+        - up to 1 MiB: read once into memory, checksummed there, sent in one request that
+          carries the CRC32C (GCS checks it before the object exists);
+        - up to `direct_upload_max`: the CRC32C taken first (remembered beside the file,
+          or one read of it), then the file streamed in one such request;
+        - larger, or where `gcs_direct` cannot be used: the library's resumable upload,
+          checksummed while it reads (the library sends the CRC32C with the last chunk).
 
         Args:
             local_path: The file to send.
             location: The destination object.
             expected_generation: The destination's generation as last seen (0 when absent),
                 used as the write precondition; None stats the destination first.
-            crc32c: The source checksum if known, to accept an earlier try's write on a
-                failed precondition.
+            crc32c: The source checksum if known (otherwise computed while sending); also
+                used to accept an earlier try's write on a failed precondition.
+
+        Raises:
+            IntegrityError: The stored object's CRC32C differs from the bytes read.
         """
         uri = str(location)
         if expected_generation is None:
             current = self.stat(location)
             expected_generation = current.generation if current is not None else 0
-        size = os.path.getsize(local_path)
+        sent: list[str] = []  # the CRC32C of the file as read by the last attempt
 
         def put() -> ObjectInfo:
-            blob = self._blob(location)
+            client = self.client()
             with open(local_path, "rb") as f:
-                blob.upload_from_file(
-                    f,
-                    size=size,
-                    if_generation_match=expected_generation,
-                    retry=None,
-                    timeout=TIMEOUT,
-                    # The library sends/validates the CRC32C so real GCS rejects damaged bytes.
-                    checksum="crc32c",
+                before = os.fstat(f.fileno())
+                started = time.time_ns()
+                size = before.st_size
+                # Empty files go through the library: gcp-storage-emulator drops the
+                # connection on an empty simple upload (one request either way).
+                direct = size > 0 and self._direct.usable(client)
+                if direct and size <= DIRECT_IN_MEMORY_MAX:
+                    # Read once; the bytes checksummed are the bytes sent.
+                    data = f.read()
+                    read_crc = encode_crc32c(crc32c_extend_bytes(0, data))
+                    self._check_read(local_path, f, before, read_crc, crc32c, uri)
+                    remember_read_crc32c(f.fileno(), read_crc, before, started)
+                    info = object_info(self._direct.upload(
+                        client, location.bucket, location.path, data, size=size,
+                        crc32c=read_crc, if_generation_match=expected_generation))
+                elif direct and size <= self.direct_upload_max:
+                    # The CRC32C first (remembered, or one read of the file), then the file
+                    # streamed in one request carrying it: the server checks what it got.
+                    read_crc = crc32c_file_cached(local_path)
+                    self._check_read(local_path, f, before, read_crc, crc32c, uri)
+                    info = object_info(self._direct.upload(
+                        client, location.bucket, location.path, f, size=size,
+                        crc32c=read_crc, if_generation_match=expected_generation))
+                    check_unchanged(before, os.fstat(f.fileno()), local_path)
+                else:
+                    blob = self._blob(location)
+                    reader = HashingReader(f)
+                    blob.upload_from_file(
+                        reader,
+                        size=size,
+                        if_generation_match=expected_generation,
+                        retry=None,
+                        timeout=TIMEOUT,
+                        # The library sends the CRC32C so real GCS rejects damaged bytes.
+                        checksum="crc32c",
+                    )
+                    hashed = reader.crc32c
+                    if hashed is None or reader.bytes_hashed != size:
+                        hashed = crc32c_file(local_path)  # the library re-read a chunk
+                    read_crc = hashed
+                    self._check_read(local_path, f, before, read_crc, crc32c, uri)
+                    remember_read_crc32c(f.fileno(), read_crc, before, started)
+                    info = _info(blob, "")
+            sent[:] = [read_crc]
+            if info.crc32c != read_crc:
+                raise IntegrityError(
+                    f"{uri}: stored CRC32C {info.crc32c} differs from the {read_crc} of the "
+                    f"bytes read from {local_path}",
+                    uri=uri,
                 )
-            return _info(blob, "")
+            return info
 
         try:
             return self.retry.call(put, uri=uri, what="upload")
         except PreconditionFailedError as exc:
-            if crc32c is None:
-                raise
-            return self._accept_if_already_written(exc, location, crc32c)
+            expected = crc32c or (sent[0] if sent else crc32c_file(local_path))
+            return self._accept_if_already_written(exc, location, expected)
+
+    @staticmethod
+    def _check_read(
+        path: str,
+        f: BinaryIO,
+        before: os.stat_result,
+        read_crc: str,
+        expected: str | None,
+        uri: str,
+    ) -> None:
+        """Raises if the file changed since `expected` was taken or while it was read."""
+        if expected is not None and read_crc != expected:
+            raise IntegrityError(f"{path}: read with CRC32C {read_crc}, not the {expected} "
+                                 "expected (the file changed)", uri=uri)
+        check_unchanged(before, os.fstat(f.fileno()), path)
 
     def rewrite(
         self,
@@ -328,11 +476,23 @@ class GcsBackend:
             current = self.stat(location)
             expected_generation = current.generation if current is not None else 0
         client = self.client()
-        src_blob = client.bucket(src.bucket).blob(src.path)
-        dst_blob = client.bucket(location.bucket).blob(location.path)
+        direct = self._direct.usable(client)
+        src_blob = None if direct else client.bucket(src.bucket).blob(src.path)
+        dst_blob = None if direct else client.bucket(location.bucket).blob(location.path)
         token: str | None = None
+        written: list[dict[str, Any]] = []  # the direct path's final object resource
 
         def step() -> str | None:
+            if direct:
+                answer = self._direct.rewrite(
+                    client, (src.bucket, src.path), (location.bucket, location.path),
+                    token=token, if_generation_match=expected_generation,
+                    if_source_generation_match=source.generation)
+                if answer.get("done"):
+                    written[:] = [answer["resource"]]
+                    return None
+                return str(answer["rewriteToken"])
+            assert dst_blob is not None and src_blob is not None
             new_token, _done, _total = dst_blob.rewrite(
                 src_blob,
                 token=token,
@@ -352,6 +512,9 @@ class GcsBackend:
             if source.crc32c is None:
                 raise
             return self._accept_if_already_written(exc, location, source.crc32c)
+        if written:
+            return object_info(written[0])
+        assert dst_blob is not None
         return _info(dst_blob, "")
 
     def delete(self, location: StorageUri, *, generation: int | None = None) -> None:

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import io
 import os
 import re
-import uuid
+import stat
 from collections.abc import Callable, Iterator
 from typing import BinaryIO, TypeVar
 
-from vertex_patterns.errors import NotFoundError, PermanentError, TransientError
+from vertex_patterns.errors import NotFoundError, PermanentError
 from vertex_patterns.storage.base import ObjectInfo
-from vertex_patterns.storage.checksum import CHUNK_SIZE, HashingWriter, crc32c_file
+from vertex_patterns.storage.checksum import crc32c_file
+from vertex_patterns.storage.crc_cache import cached_crc32c
+from vertex_patterns.storage.local_write import copy_file, temp_path
 from vertex_patterns.storage.uri import StorageUri
 
 T = TypeVar("T")
@@ -30,9 +33,24 @@ def is_temp_name(name: str) -> bool:
     return TEMP_RE.match(name) is not None
 
 
-def _temp_path(final_path: str) -> str:
-    directory, name = os.path.split(final_path)
-    return os.path.join(directory, f".{name}.vptmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+def _open_temp(final_path: str) -> tuple[str, BinaryIO]:
+    """Creates a new temporary file beside `final_path` (and its directories when missing).
+
+    The directory is created only when the first open says it is missing, which spares a
+    `makedirs` per file when many files go to the same directories. `O_EXCL` guarantees the
+    file is ours alone, even if two random names collide.
+    """
+    for _ in range(100):
+        tmp = temp_path(final_path)
+        try:
+            # An explicit buffer size spares the isatty() probe of the default.
+            return tmp, open(tmp, "xb", buffering=io.DEFAULT_BUFFER_SIZE)  # caller closes it
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(final_path) or ".", exist_ok=True)
+        except FileExistsError:
+            continue
+    raise PermanentError(f"{final_path}: cannot create a temporary file beside it",
+                         uri=final_path)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -73,18 +91,18 @@ def atomic_write(final_path: str, *, fsync: bool = False) -> Iterator[BinaryIO]:
     Yields:
         The open temporary file.
     """
-    os.makedirs(os.path.dirname(final_path) or ".", exist_ok=True)
-    if os.path.isdir(final_path):
-        raise PermanentError(f"{final_path}: is a directory, cannot write a file there",
-                             uri=final_path)
-    tmp = _temp_path(final_path)
+    tmp, f = _open_temp(final_path)
     try:
-        with open(tmp, "wb") as f:
+        with f:
             yield f
             if fsync:
                 f.flush()
                 os.fsync(f.fileno())
-        os.replace(tmp, final_path)
+        try:
+            os.replace(tmp, final_path)
+        except IsADirectoryError as exc:
+            raise PermanentError(f"{final_path}: is a directory, cannot write a file there",
+                                 uri=final_path) from exc
         if fsync:
             fd = os.open(os.path.dirname(final_path) or ".", os.O_RDONLY)
             try:
@@ -107,45 +125,71 @@ def _info(path: str, key: str, st: os.stat_result, crc: str | None) -> ObjectInf
     )
 
 
-def _copy_stream(src: BinaryIO, dst: BinaryIO | HashingWriter) -> int:
-    total = 0
-    while chunk := src.read(CHUNK_SIZE):
-        dst.write(chunk)
-        total += len(chunk)
-    return total
-
-
-def _check(actual: str, expected: str | None, uri: str) -> None:
-    # Raised inside atomic_write's block, so the damaged temporary file is never renamed.
-    if expected is not None and actual != expected:
-        raise TransientError(f"{uri}: wrote bytes with CRC32C {actual}, expected {expected}",
-                             uri=uri)
-
-
 class LocalBackend:
     """Files below a directory, addressed as local paths or `file://` URIs."""
 
     def __init__(self, *, fsync: bool = False) -> None:
         self.fsync = fsync
 
-    def list(self, location: StorageUri, *, with_crc32c: bool = False) -> Iterator[ObjectInfo]:
+    def list(
+        self,
+        location: StorageUri,
+        *,
+        with_crc32c: bool = False,
+        cached_crc32c_only: bool = False,
+    ) -> Iterator[ObjectInfo]:
+        """Yields the files below `location` in sorted, top-down order.
+
+        Args:
+            location: The directory.
+            with_crc32c: Read every file and report its CRC32C.
+            cached_crc32c_only: Report the CRC32C only where a still-valid one is remembered
+                (see `crc_cache`); never reads file contents. Ignored with `with_crc32c`.
+        """
         root = location.path
         if not os.path.isdir(root):
             return
-        for dirpath, dirs, files in os.walk(root):
-            dirs.sort()
-            for name in sorted(files):
-                if is_temp_name(name):
-                    continue
-                path = os.path.join(dirpath, name)
-                try:
-                    st = os.stat(path)
-                except FileNotFoundError:
-                    continue
-                if not os.path.isfile(path):
-                    continue
-                key = os.path.relpath(path, root).replace(os.sep, "/")
-                yield _info(path, key, st, crc32c_file(path) if with_crc32c else None)
+        yield from self._walk(root, "", with_crc32c, cached_crc32c_only)
+
+    def _walk(
+        self, directory: str, key_prefix: str, with_crc32c: bool, cached_only: bool
+    ) -> Iterator[ObjectInfo]:
+        # os.walk's order and rules: files of a directory first, then its subdirectories;
+        # symbolic links to files are followed, links to directories are not descended.
+        try:
+            with os.scandir(directory) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            return
+        subdirs = []
+        for entry in entries:
+            try:
+                is_dir = entry.is_dir()
+            except OSError:
+                is_dir = False
+            if is_dir:
+                if not entry.is_symlink():
+                    subdirs.append(entry)
+                continue
+            if is_temp_name(entry.name):
+                continue
+            try:
+                st = entry.stat()
+            except FileNotFoundError:
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            path = entry.path
+            if with_crc32c:
+                crc: str | None = crc32c_file(path)
+            elif cached_only:
+                crc = cached_crc32c(path, st)
+            else:
+                crc = None
+            yield _info(path, key_prefix + entry.name, st, crc)
+        for entry in subdirs:
+            yield from self._walk(entry.path, f"{key_prefix}{entry.name}/", with_crc32c,
+                                  cached_only)
 
     def stat(self, location: StorageUri, *, with_crc32c: bool = True) -> ObjectInfo | None:
         try:
@@ -203,33 +247,22 @@ class LocalBackend:
         expected_generation: int | None = None,
         crc32c: str | None = None,
     ) -> ObjectInfo:
-        """Copies a local file into place atomically, verifying `crc32c` before the rename."""
+        """Copies a local file into place atomically, verified before the rename.
+
+        With `crc32c`, the bytes copied must have it; without, the CRC32C is computed during
+        the copy and the source must not change meanwhile.
+        """
         del expected_generation  # local disk has no generations
-        try:
-            src = open(local_path, "rb")  # noqa: SIM115 - closed below, before the rename
-        except FileNotFoundError as exc:
-            raise NotFoundError(f"{local_path}: not found", uri=local_path) from exc
-        with src, atomic_write(location.path, fsync=self.fsync) as dst:
-            writer = HashingWriter(dst)
-            _copy_stream(src, writer)
-            _check(writer.crc32c, crc32c, str(location))
-        st = os.stat(location.path)
-        return _info(location.path, "", st, writer.crc32c)
+        crc, st = copy_file(local_path, location.path, crc32c, fsync=self.fsync)
+        return _info(location.path, "", st, crc)
 
     def download_file(
         self, location: StorageUri, local_path: str, *, crc32c: str | None = None
     ) -> tuple[ObjectInfo, str]:
-        """Copies to `local_path` atomically, verifying `crc32c` before the rename."""
-        try:
-            src = open(location.path, "rb")  # noqa: SIM115
-        except FileNotFoundError as exc:
-            raise NotFoundError(f"{location}: not found", uri=str(location)) from exc
-        with src, atomic_write(local_path, fsync=self.fsync) as dst:
-            st = os.fstat(src.fileno())
-            writer = HashingWriter(dst)
-            _copy_stream(src, writer)
-            _check(writer.crc32c, crc32c, local_path)
-        return _info(location.path, "", st, crc32c), writer.crc32c
+        """Copies to `local_path` atomically, verified before the rename (see `upload_file`)."""
+        crc, _ = copy_file(location.path, local_path, crc32c, fsync=self.fsync)
+        st = os.stat(location.path)
+        return _info(location.path, "", st, crc), crc
 
     def delete(self, location: StorageUri, *, generation: int | None = None) -> None:
         del generation
