@@ -150,6 +150,14 @@ def _write_shards_and_agree(group: CheckpointGroup, store: Storage, work: str,
             dcp.save(dict(sharded), storage_writer=dcp.FileSystemWriter(path),
                      process_group=group.group)
             names, entries = _checksum_share(store, work, group.rank, group.world_size)
+            if not parse_uri(work).is_gcs:
+                # Before the exchange: once every rank has reported, rank 0 commits (renames
+                # `work`), so no rank may touch the directory after it.
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
     except Exception as exc:  # reported to every rank below, then raised everywhere
         log.error("rank %d could not write its checkpoint shards: %s", group.rank, exc)
         error = f"rank {group.rank}: {type(exc).__name__}: {exc}"
@@ -166,12 +174,6 @@ def _write_shards_and_agree(group: CheckpointGroup, store: Storage, work: str,
         # Listings differed between ranks: a filesystem that is not consistent.
         raise _RanksFailed(f"ranks listed different shard files in {work}/{SHARDED_DIR}",
                            uri=work)
-    if gathered and not parse_uri(work).is_gcs:
-        fd = os.open(parse_uri(join(work, SHARDED_DIR)).path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
     return sorted(gathered, key=lambda e: e.name)
 
 

@@ -1,17 +1,27 @@
-"""Writing, reading and verifying one checkpoint step, on any storage backend."""
+"""Writing, reading and verifying one checkpoint step, on any storage backend.
+
+On local disk the bytes take the shortest path both ways. A save writes each tensor's memory
+straight into its file, starting the disk write of every few MB as it goes
+(`WritebackFile`), and fsyncs each file once at the end, just before the commit (a rename of
+the whole step directory). A restore maps each file copy-on-write (`map_file`), checks its
+CRC32C over the map on every core (`crc32c_parallel`) and returns tensors that are views into
+it: the page cache's pages are the tensors' memory until a tensor is written to. On GCS files
+are streamed up and read into one buffer each.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import logging
+import mmap
 import os
 import shutil
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 
@@ -27,6 +37,7 @@ from vertex_patterns.checkpoint.layout import (
     step_dir_name,
 )
 from vertex_patterns.checkpoint.serialization import (
+    Sink,
     iter_shards,
     parse_safetensors,
     unflatten_state,
@@ -34,8 +45,9 @@ from vertex_patterns.checkpoint.serialization import (
 )
 from vertex_patterns.errors import NotFoundError, StorageError
 from vertex_patterns.storage import Storage
-from vertex_patterns.storage.checksum import crc32c_bytes, crc32c_extend_buffer, encode_crc32c
-from vertex_patterns.storage.local import atomic_write
+from vertex_patterns.storage.checksum import crc32c_bytes, encode_crc32c
+from vertex_patterns.storage.diskio import WritebackFile, map_file, reset_access_hint
+from vertex_patterns.storage.parallel_crc import crc32c_parallel
 from vertex_patterns.storage.uri import parse_uri
 
 log = logging.getLogger("vertex_patterns.checkpoint")
@@ -117,26 +129,30 @@ def write_step(
         work = os.path.join(location.path, f"{TMP_PREFIX}{step:012d}-{uuid.uuid4().hex[:8]}")
         os.makedirs(work)
     try:
-        entries: list[FileEntry] = []
-        for i, shard in enumerate(iter_shards(tensors, shard_bytes)):
-            name = f"tensors-{i:05d}.safetensors"
+        with _StepFiles(store, work, local=not location.is_gcs) as files:
+            entries: list[FileEntry] = []
+            for i, shard in enumerate(iter_shards(tensors, shard_bytes)):
+                name = f"tensors-{i:05d}.safetensors"
 
-            def produce(sink: BinaryIO, shard: dict[str, torch.Tensor] = shard) -> tuple[int, str]:
-                return write_safetensors(sink, shard, should_stop=should_stop)
+                def produce(sink: Sink, shard: dict[str, torch.Tensor] = shard
+                            ) -> tuple[int, str]:
+                    return write_safetensors(sink, shard, should_stop=should_stop)
 
-            size, crc = _write(store, join(work, name), produce, fsync=True)
-            entries.append(FileEntry(name, size, crc))
-        state = json.dumps({"skeleton": skeleton}, allow_nan=True).encode()
-        _write(store, join(work, STATE_FILE), lambda f: f.write(state), fsync=True)
-        entries.append(FileEntry(STATE_FILE, len(state), crc32c_bytes(state)))
-        if extra_files is not None:
-            entries.extend(extra_files(work))
-        manifest = Manifest(step=step, files=tuple(entries), world_size=world_size,
-                            metrics=dict(metrics or {}))
-        if should_stop is not None and should_stop():
-            raise InterruptedError("checkpoint write stopped before its commit (deadline)")
-        _write(store, join(work, MANIFEST), lambda f: f.write(manifest.to_json()), fsync=True)
+                size, crc = files.write(name, produce)
+                entries.append(FileEntry(name, size, crc))
+            state = json.dumps({"skeleton": skeleton}, allow_nan=True).encode()
+            files.write(STATE_FILE, lambda f: f.write(state))
+            entries.append(FileEntry(STATE_FILE, len(state), crc32c_bytes(state)))
+            if extra_files is not None:
+                entries.extend(extra_files(work))
+            manifest = Manifest(step=step, files=tuple(entries), world_size=world_size,
+                                metrics=dict(metrics or {}))
+            if should_stop is not None and should_stop():
+                raise InterruptedError("checkpoint write stopped before its commit (deadline)")
+            files.write(MANIFEST, lambda f: f.write(manifest.to_json()))
+            files.sync()
         if not location.is_gcs:
+            _fsync_dir(work)
             final_path = os.path.join(location.path, step_dir_name(step))
             if os.path.exists(final_path):  # an uncommitted leftover of the same step
                 shutil.rmtree(final_path)
@@ -149,12 +165,36 @@ def write_step(
         raise
 
 
-def _write(store: Storage, uri: str, produce: Callable[[BinaryIO], Any], *, fsync: bool) -> Any:
-    location = parse_uri(uri)
-    if location.is_gcs:
-        return store.write_stream(uri, produce)
-    with atomic_write(location.path, fsync=fsync) as f:
+class _StepFiles:
+    """The files of one step being written: uploads on GCS; on local disk, `WritebackFile`s
+    in the step's temporary directory (its rename is the atomic part), kept open so that
+    `sync` fsyncs them all just before the commit, by when most of their bytes are on disk."""
+
+    def __init__(self, store: Storage, work: str, *, local: bool) -> None:
+        self._store = store
+        self._work = work
+        self._local = local
+        self._open: list[WritebackFile] = []
+
+    def write(self, name: str, produce: Callable[[Sink], Any]) -> Any:
+        """A new file `name` holding what `produce` writes; returns what `produce` returns."""
+        if not self._local:
+            return self._store.write_stream(join(self._work, name), produce)
+        f = WritebackFile(os.path.join(self._work, name))
+        self._open.append(f)
         return produce(f)
+
+    def sync(self) -> None:
+        """Waits until every local file is on disk."""
+        for f in self._open:
+            f.sync()
+
+    def __enter__(self) -> _StepFiles:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for f in self._open:
+            f.close()
 
 
 def _remove_uncommitted_gcs(store: Storage, step_uri: str) -> None:
@@ -202,8 +242,28 @@ def step_dirs(store: Storage, directory: str) -> dict[int, str]:
     return found
 
 
-def verify_step(store: Storage, step_uri: str, manifest: Manifest) -> dict[str, bytearray]:
+def read_buffer(store: Storage, uri: str, *, mapped: bool = True) -> bytearray | mmap.mmap:
+    """A whole file: a copy-on-write map of a local one (`map_file`) when `mapped`, else a
+    new buffer holding its bytes.
+
+    Raises:
+        NotFoundError: No such file.
+    """
+    location = parse_uri(uri)
+    if mapped and not location.is_gcs:
+        return map_file(location.path)
+    return store.read_into_buffer(uri)
+
+
+def verify_step(store: Storage, step_uri: str, manifest: Manifest, *, mapped: bool = True
+                ) -> dict[str, bytearray | mmap.mmap]:
     """Reads every file of a step and checks size and CRC32C against the manifest.
+
+    Args:
+        store: Storage facade.
+        step_uri: The step directory.
+        manifest: Its manifest.
+        mapped: Map local files (`read_buffer`) rather than read them into new buffers.
 
     Returns:
         The verified file contents by name.
@@ -212,18 +272,18 @@ def verify_step(store: Storage, step_uri: str, manifest: Manifest) -> dict[str, 
         CorruptCheckpointError: Naming each missing, truncated or damaged file.
     """
     problems: list[str] = []
-    contents: dict[str, bytearray] = {}
+    contents: dict[str, bytearray | mmap.mmap] = {}
     for entry in manifest.files:
-        uri = join(step_uri, entry.name)
         try:
-            buf = store.read_into_buffer(uri)
+            buf = read_buffer(store, join(step_uri, entry.name), mapped=mapped)
         except NotFoundError:
             problems.append(f"{entry.name}: missing")
             continue
         if len(buf) != entry.size:
             problems.append(f"{entry.name}: {len(buf)} bytes, manifest says {entry.size}")
             continue
-        crc = encode_crc32c(crc32c_extend_buffer(0, memoryview(buf)))
+        crc = encode_crc32c(crc32c_parallel(memoryview(buf)))
+        reset_access_hint(buf)
         if crc != entry.crc32c:
             problems.append(f"{entry.name}: CRC32C {crc}, manifest says {entry.crc32c}")
             continue
@@ -233,11 +293,20 @@ def verify_step(store: Storage, step_uri: str, manifest: Manifest) -> dict[str, 
     return contents
 
 
-def load_step(store: Storage, step_uri: str, manifest: Manifest) -> StepData:
-    """Reads, verifies and parses one checkpoint (tensors on CPU)."""
-    contents = verify_step(store, step_uri, manifest)
+def load_step(store: Storage, step_uri: str, manifest: Manifest, *, mapped: bool = True
+              ) -> StepData:
+    """Reads, verifies and parses one checkpoint (tensors on CPU).
+
+    Args:
+        store: Storage facade.
+        step_uri: The step directory.
+        manifest: Its manifest.
+        mapped: Local tensors are views into copy-on-write maps of the files (no copy; see
+            `map_file`); False reads them into private memory.
+    """
+    contents = verify_step(store, step_uri, manifest, mapped=mapped)
     try:
-        skeleton = json.loads(contents[STATE_FILE])["skeleton"]
+        skeleton = json.loads(bytes(contents[STATE_FILE]))["skeleton"]
         tensors: dict[str, torch.Tensor] = {}
         for name, buf in contents.items():
             if name.endswith(".safetensors"):

@@ -64,7 +64,7 @@ from vertex_patterns.checkpoint.sharded import (
     split_sharded,
     verify_share,
 )
-from vertex_patterns.checkpoint.snapshot import HostBuffers
+from vertex_patterns.checkpoint.snapshot import HostBuffers, in_place
 from vertex_patterns.errors import ConfigError, StorageError
 from vertex_patterns.storage import Storage
 from vertex_patterns.storage.uri import parse_uri
@@ -111,6 +111,11 @@ class CheckpointManager:
         is_writer: Whether this process writes the replicated state; other ranks only
             restore. Always rank 0 in distributed mode; otherwise defaults to True.
         cleanup: Remove leftovers of crashed saves on start (writers only).
+        restore_mapped: `restore` returns tensors of local checkpoints as copy-on-write
+            views of their files (memory maps: nothing is copied, a page is copied only when
+            written to). Checkpoint files are never rewritten in place, only deleted, which
+            leaves the views valid. False reads them into private memory instead (one copy),
+            for directories that something else might rewrite in place (`cp` over a file).
         distributed: Coordinate the ranks of a torch.distributed job (default: when it is
             initialised): every rank calls `save`, rank 0 writes the replicated state once,
             DTensors go through torch.distributed.checkpoint, and rank 0 commits after every
@@ -133,6 +138,7 @@ class CheckpointManager:
         shard_bytes: int = 512 * 1024 * 1024,
         is_writer: bool | None = None,
         cleanup: bool = True,
+        restore_mapped: bool = True,
         distributed: bool | None = None,
     ) -> None:
         self.directory = str(parse_uri(directory)).rstrip("/")
@@ -156,6 +162,7 @@ class CheckpointManager:
             raise ConfigError(str(exc)) from exc
         self.store = storage or Storage()
         self.shard_bytes = shard_bytes
+        self.restore_mapped = restore_mapped
         if distributed is None:
             distributed = is_distributed()
         if distributed and is_writer is not None and is_writer != (_rank() == 0):
@@ -283,6 +290,7 @@ class CheckpointManager:
             raise CheckpointDeadlineError(
                 f"previous checkpoint still writing at the deadline; step {step} not saved"
             ) from exc
+        direct: dict[str, torch.Tensor] | None = None
         if self._group is not None:
             prepared = self._prepare_collectively(step, state)
             if prepared is None:
@@ -299,7 +307,10 @@ class CheckpointManager:
                 raise ConfigError("the state holds DTensors; sharded state needs the "
                                   "manager's distributed mode (torch.distributed initialised)")
             skeleton, tensors = flatten_state(plain)
-            snapshot = self._buffers.snapshot(tensors)
+            # A blocking save without a deadline returns only after the write: it can write
+            # the tensors where they are. One with a deadline may return mid-write.
+            direct = in_place(tensors) if blocking and deadline is None else None
+            snapshot = direct if direct is not None else self._buffers.snapshot(tensors)
         blocked = time.monotonic() - started
         self._stop.clear()
         metric_values = {k: float(v) for k, v in (metrics or {}).items()}
@@ -317,6 +328,10 @@ class CheckpointManager:
                 raise CheckpointDeadlineError(
                     f"checkpoint step {step} did not commit within {deadline_s:.1f}s; the "
                     "previous checkpoint is intact") from exc
+            except BaseException:
+                if direct is not None:  # e.g. KeyboardInterrupt: the caller may run on and
+                    self._stop.set()  # change the tensors being written; never commit them
+                raise
 
     def _prepare_collectively(
         self, step: int, state: Mapping[str, Any]
@@ -521,7 +536,8 @@ class CheckpointManager:
             problem: str | None = None
             corrupt = False
             try:
-                data = load_step(self.store, step_uri, replicated_manifest(manifest))
+                data = load_step(self.store, step_uri, replicated_manifest(manifest),
+                                 mapped=self.restore_mapped)
                 verify_share(self.store, step_uri, manifest, rank, world)
             except CorruptCheckpointError as exc:
                 problem, corrupt = "; ".join(exc.problems), True

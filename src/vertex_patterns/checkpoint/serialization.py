@@ -8,9 +8,12 @@ optimizer's `state`) and tuples keep their types through a round trip.
 
 The safetensors library serialises a whole file into one bytes object before writing; a 1 GB
 model would need 1 GB extra and a second pass. This module writes the same format (8-byte
-header length, JSON header, raw little-endian bytes) straight from the tensors' memory and
-computes the CRC32C on the way, and reads it back into one buffer without copies. Files stay
-loadable with `safetensors.torch.load_file`.
+header length, JSON header, raw little-endian bytes) straight from the tensors' memory in
+pieces small enough to stay in the CPU cache between their CRC32C and their write, and reads
+it back as views into one buffer (a memory map of the file, see `storage.diskio.map_file`)
+without copies. The data section starts on a 64-byte boundary and tensors are laid out by
+descending element size, so every view is aligned for its dtype. Files stay loadable with
+`safetensors.torch.load_file`.
 """
 
 from __future__ import annotations
@@ -19,11 +22,12 @@ import base64
 import ctypes
 import json
 import math
+import mmap
 import struct
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, Protocol
 
 import google_crc32c
 import torch
@@ -49,6 +53,18 @@ for _name, _code in (("float8_e4m3fn", "F8_E4M3"), ("float8_e5m2", "F8_E5M2"),
 CODES = {code: dtype for dtype, code in DTYPES.items()}
 
 assert sys.byteorder == "little", "safetensors stores little-endian data"
+
+DATA_ALIGNMENT = 64
+"""Where the data section of a file written here starts: a multiple of this (a cache line)."""
+PIECE_BYTES = 4 * 1024 * 1024
+"""Bytes checksummed then written per call: small enough that the write reads them from the
+CPU cache the checksum just filled, large enough that per-call costs do not count."""
+
+
+class Sink(Protocol):
+    """Where a file is written: a binary file object, a `WritebackFile`, an upload."""
+
+    def write(self, data: bytes | memoryview, /) -> int: ...
 
 
 class StateError(TypeError):
@@ -119,27 +135,29 @@ def flatten_state(state: Any) -> tuple[Any, dict[str, torch.Tensor]]:
 
 def unflatten_state(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
     """The inverse of `flatten_state`."""
+    return _decode(skeleton, tensors)
 
-    def dec(value: Any) -> Any:
-        if isinstance(value, list):
-            return [dec(v) for v in value]
-        if not isinstance(value, dict):
-            return value
-        if TENSOR_TAG in value:
-            return tensors[value[TENSOR_TAG]]
-        if NDARRAY_TAG in value:
-            return tensors[value[NDARRAY_TAG]].numpy()
-        if TUPLE_TAG in value:
-            return tuple(dec(v) for v in value[TUPLE_TAG])
-        if DICT_TAG in value:
-            return {k: dec(v) for k, v in value[DICT_TAG]}
-        if BYTES_TAG in value:
-            return base64.b64decode(value[BYTES_TAG])
-        if "__float__" in value and len(value) == 1:
-            return float(value["__float__"])
-        return {k: dec(v) for k, v in value.items()}
 
-    return dec(skeleton)
+def _decode(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    # A module-level function, not a closure: a recursive closure is a reference cycle that
+    # would keep `tensors` (and the file maps they view) alive until the next GC run.
+    if isinstance(value, list):
+        return [_decode(v, tensors) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if TENSOR_TAG in value:
+        return tensors[value[TENSOR_TAG]]
+    if NDARRAY_TAG in value:
+        return tensors[value[NDARRAY_TAG]].numpy()
+    if TUPLE_TAG in value:
+        return tuple(_decode(v, tensors) for v in value[TUPLE_TAG])
+    if DICT_TAG in value:
+        return {k: _decode(v, tensors) for k, v in value[DICT_TAG]}
+    if BYTES_TAG in value:
+        return base64.b64decode(value[BYTES_TAG])
+    if "__float__" in value and len(value) == 1:
+        return float(value["__float__"])
+    return {k: _decode(v, tensors) for k, v in value.items()}
 
 
 def tensor_bytes(t: torch.Tensor) -> memoryview:
@@ -160,8 +178,18 @@ class WrittenFile:
     crc32c: str
 
 
+def file_order(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`tensors` in the order they are laid out in a file: by descending element size, so
+    each one's offset is a multiple of its element size (a stable sort: ties keep order)."""
+    return dict(sorted(tensors.items(), key=lambda kv: -kv[1].element_size()))
+
+
 def safetensors_header(tensors: dict[str, torch.Tensor]) -> bytes:
-    """The header (length prefix included) of a safetensors file holding `tensors` in order."""
+    """The header (length prefix included) of a safetensors file holding `tensors` in order.
+
+    The JSON is padded with spaces (which the format allows) so that the data section starts
+    at a multiple of `DATA_ALIGNMENT`.
+    """
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     offset = 0
     for key, t in tensors.items():
@@ -172,49 +200,55 @@ def safetensors_header(tensors: dict[str, torch.Tensor]) -> bytes:
                        "data_offsets": [offset, offset + n]}
         offset += n
     raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)  # align the data section to 8 bytes
+    raw += b" " * (-(8 + len(raw)) % DATA_ALIGNMENT)
     return struct.pack("<Q", len(raw)) + raw
 
 
 def write_safetensors(
-    sink: BinaryIO,
+    sink: Sink,
     tensors: dict[str, torch.Tensor],
     *,
     should_stop: Callable[[], bool] | None = None,
-    chunk_bytes: int = 64 * 1024 * 1024,
+    piece_bytes: int = PIECE_BYTES,
 ) -> tuple[int, str]:
     """Streams `tensors` (contiguous CPU) into `sink` as a safetensors file.
 
+    Each tensor's memory is written as it is (no staging copy); its CRC32C is taken over the
+    same memory just before it is written.
+
     Args:
         sink: A binary file object.
-        tensors: Ordered map of key to tensor.
-        should_stop: Polled between chunks; when it returns True the write stops with
+        tensors: Map of key to tensor (laid out in `file_order`).
+        should_stop: Polled between pieces; when it returns True the write stops with
             `InterruptedError` (a save past its deadline).
-        chunk_bytes: Bytes written (and checksummed) per call.
+        piece_bytes: Bytes checksummed and written per call.
 
     Returns:
         Bytes written and their CRC32C (GCS base64 form).
     """
+    tensors = file_order(tensors)
     header = safetensors_header(tensors)
     sink.write(header)
     crc = google_crc32c.extend(0, header)
     total = len(header)
     for t in tensors.values():
         view = tensor_bytes(t)
-        for start in range(0, len(view), chunk_bytes):
+        for start in range(0, len(view), piece_bytes):
             if should_stop is not None and should_stop():
                 raise InterruptedError("checkpoint write stopped (deadline passed)")
-            piece = view[start:start + chunk_bytes]
-            sink.write(piece)
+            piece = view[start:start + piece_bytes]
             crc = crc32c_extend_buffer(crc, piece)
+            sink.write(piece)
             total += len(piece)
     return total, encode_crc32c(crc)
 
 
 def parse_safetensors(
-    buf: bytearray | memoryview, *, copy: bool = False
+    buf: bytearray | memoryview | mmap.mmap, *, copy: bool = False
 ) -> dict[str, torch.Tensor]:
     """Tensors of a safetensors file held in `buf`, as views into it (or copies).
+
+    A view keeps `buf` alive (a map stays mapped) for as long as it lives.
 
     Raises:
         ValueError: The buffer is not a well-formed safetensors file.

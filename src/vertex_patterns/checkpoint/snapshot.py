@@ -3,6 +3,10 @@
 Taking the snapshot is the only part of an async save that blocks the training loop. Buffers
 are allocated once per tensor key (pinned on CUDA so device-to-host copies run at full speed)
 and reused by every later save, so a steady-state save is one memcpy per tensor.
+
+A blocking save without a deadline needs no snapshot of CPU tensors: the caller waits until
+the write is done, so the tensors cannot change under it, and it writes them where they are
+(`in_place`). One with a deadline may return while the write is still stopping: it snapshots.
 """
 
 from __future__ import annotations
@@ -43,3 +47,13 @@ class HostBuffers:
     def nbytes(self) -> int:
         """Bytes held."""
         return sum(b.numel() * b.element_size() for b in self._buffers.values())
+
+
+def in_place(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+    """The tensors themselves, contiguous, when all are in CPU memory; else None (snapshot).
+
+    Only for a save the caller waits on to the end; a non-contiguous tensor is copied.
+    """
+    if any(t.device.type != "cpu" for t in tensors.values()):
+        return None
+    return {key: t.contiguous() for key, t in tensors.items()}
