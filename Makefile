@@ -45,6 +45,8 @@ bench-deps:
 
 bench: venv bench-deps
 	$(BIN)/python bench/replication.py
+	$(BIN)/python bench/checkpoint.py
+	$(BIN)/python bench/goodput.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
