@@ -123,8 +123,12 @@ class Trainer:
         attempt = new_attempt_id()
         # Created now (it writes nothing until the first step or checkpoint) so that program
         # startup ends here, before the workload is built.
+        # Flushed every 2 s: after a SIGKILL, steps since the last flush are invisible to the
+        # ledger (counted as time between attempts, not wasted progress), so the interval
+        # bounds that error; 2 s stays under GCS's one-write-per-second limit per object.
         ledger = GoodputRecorder(config.run_dir, attempt=attempt, storage=self.store,
-                                 process_start=self.process_start) if leader else None
+                                 process_start=self.process_start,
+                                 flush_every_s=2.0) if leader else None
         if ledger is not None:
             ledger.startup_done()
         prep_started = time.monotonic()
