@@ -209,7 +209,8 @@ def main() -> None:
     print("goodput % = productive / wall; after start % = productive / (wall - program "
           "startup - time between attempts) (TARGETS.md: process start is its own category). "
           "'vs (a)' = after-start goodput / (a)'s. Steps lost: per preemption, from the "
-          "trainer's log (the last step an attempt logged minus the step the next attempt resumed from).")
+          "trainer's log (the last step an attempt logged minus the step the next attempt "
+          "resumed from).")
     term, kill = results[1], results[2]
     term_lost, kill_lost = term.lost, kill.lost
     ratio = float(term.total["goodput_after_startup_pct"]) / \
