@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -105,3 +106,14 @@ def vertex_emulator():
                 os.environ.pop(VERTEX_ENV, None)
             else:
                 os.environ[VERTEX_ENV] = previous
+
+
+def wait_for(predicate, timeout: float = 90.0, what: str = "condition"):
+    """Polls `predicate` until it returns something truthy (returned), or fails the test."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")

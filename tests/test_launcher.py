@@ -15,14 +15,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 
 import pytest
 import torch
 from safetensors.torch import load as load_safetensors
 
-from conftest import VERTEX_TEST_TIMINGS
+from conftest import VERTEX_TEST_TIMINGS, wait_for
 from vertex_patterns.cli.main import main as cli_main
 from vertex_patterns.emulators.vertex import RegionFaults, Scenario, Timings, VertexEmulator
 from vertex_patterns.launcher import (
@@ -99,16 +98,6 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
-
-
-def wait_for(predicate, timeout: float = 90.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class TestPreemptedResumesAcrossRegions:

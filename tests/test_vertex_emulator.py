@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -24,7 +23,7 @@ from google.cloud.aiplatform import pipeline_jobs as sdk_pipeline_jobs
 from google.cloud.aiplatform.compat.types import custom_job as gca_custom_job
 from google.cloud.aiplatform_v1.types import JobState, PipelineState
 
-from conftest import VERTEX_TEST_TIMINGS
+from conftest import VERTEX_TEST_TIMINGS, wait_for
 from vertex_patterns.emulators.gcs import free_port
 from vertex_patterns.emulators.vertex import RegionFaults, Scenario, Timings, VertexEmulator
 from vertex_patterns.errors import ConfigError
@@ -73,16 +72,6 @@ def worker_job(record: Path, *args: str, replicas: tuple[int, ...] = (1,),
 
 def lines(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
-
-
-def wait_for(predicate, timeout: float = 60.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def wait_done(job) -> None:
