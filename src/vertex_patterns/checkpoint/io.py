@@ -1,11 +1,13 @@
 """Writing, reading and verifying one checkpoint step, on any storage backend.
 
 On local disk the bytes take the shortest path both ways. A save writes each tensor's memory
-straight into its file, starting the disk write of every few MB as it goes
-(`WritebackFile`), and fsyncs each file once at the end, just before the commit (a rename of
-the whole step directory). A restore maps each file copy-on-write (`map_file`), checks its
-CRC32C over the map on every core (`crc32c_parallel`) and returns tensors that are views into
-it: the page cache's pages are the tensors' memory until a tensor is written to. On GCS files
+to its file past the page cache (`DirectFile`, O_DIRECT through reused aligned buffers, the
+disk write overlapping the next copy; `WritebackFile` where a filesystem refuses O_DIRECT)
+and fsyncs each file once at the end, just before the commit (a rename of the whole step
+directory). A restore maps each file copy-on-write (`map_file`, the whole file read ahead at
+once), maps and checks its CRC32C piece by piece on every core (`crc32c_parallel` with
+`populate`) and returns tensors that are views into it: the page cache's pages are the
+tensors' memory until a tensor is written to. On GCS files
 are streamed up and read into one buffer each.
 """
 
@@ -21,6 +23,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -46,7 +49,13 @@ from vertex_patterns.checkpoint.serialization import (
 from vertex_patterns.errors import NotFoundError, StorageError
 from vertex_patterns.storage import Storage
 from vertex_patterns.storage.checksum import crc32c_bytes, encode_crc32c
-from vertex_patterns.storage.diskio import WritebackFile, map_file, reset_access_hint
+from vertex_patterns.storage.diskio import (
+    DirectFile,
+    WritebackFile,
+    map_file,
+    open_for_checkpoint,
+    populate,
+)
 from vertex_patterns.storage.parallel_crc import crc32c_parallel
 from vertex_patterns.storage.uri import parse_uri
 
@@ -166,23 +175,25 @@ def write_step(
 
 
 class _StepFiles:
-    """The files of one step being written: uploads on GCS; on local disk, `WritebackFile`s
-    in the step's temporary directory (its rename is the atomic part), kept open so that
-    `sync` fsyncs them all just before the commit, by when most of their bytes are on disk."""
+    """The files of one step being written: uploads on GCS; on local disk, `DirectFile`s (or
+    `WritebackFile`s) in the step's temporary directory (its rename is the atomic part),
+    kept open so that `sync` fsyncs them all just before the commit."""
 
     def __init__(self, store: Storage, work: str, *, local: bool) -> None:
         self._store = store
         self._work = work
         self._local = local
-        self._open: list[WritebackFile] = []
+        self._open: list[DirectFile | WritebackFile] = []
 
     def write(self, name: str, produce: Callable[[Sink], Any]) -> Any:
         """A new file `name` holding what `produce` writes; returns what `produce` returns."""
         if not self._local:
             return self._store.write_stream(join(self._work, name), produce)
-        f = WritebackFile(os.path.join(self._work, name))
+        f = open_for_checkpoint(os.path.join(self._work, name))
         self._open.append(f)
-        return produce(f)
+        result = produce(f)
+        f.finish()  # its staging buffers go back for the next file
+        return result
 
     def sync(self) -> None:
         """Waits until every local file is on disk."""
@@ -282,8 +293,7 @@ def verify_step(store: Storage, step_uri: str, manifest: Manifest, *, mapped: bo
         if len(buf) != entry.size:
             problems.append(f"{entry.name}: {len(buf)} bytes, manifest says {entry.size}")
             continue
-        crc = encode_crc32c(crc32c_parallel(memoryview(buf)))
-        reset_access_hint(buf)
+        crc = encode_crc32c(crc32c_parallel(memoryview(buf), prepare=partial(populate, buf)))
         if crc != entry.crc32c:
             problems.append(f"{entry.name}: CRC32C {crc}, manifest says {entry.crc32c}")
             continue

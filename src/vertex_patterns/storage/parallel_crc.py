@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from vertex_patterns.storage.checksum import crc32c_extend_buffer
@@ -75,13 +76,33 @@ def _executor() -> ThreadPoolExecutor:
         return _pool
 
 
-def crc32c_parallel(buffer: memoryview, *, parts: int | None = None) -> int:
+PREPARE_CHUNK = 64 * 1024 * 1024
+"""With `prepare`, each part is prepared and checksummed in pieces of this size."""
+
+
+def _crc_part(buffer: memoryview, lo: int, hi: int,
+              prepare: Callable[[int, int], None] | None) -> int:
+    if prepare is None:
+        return crc32c_extend_buffer(0, buffer[lo:hi])
+    crc = 0
+    for start in range(lo, hi, PREPARE_CHUNK):
+        end = min(hi, start + PREPARE_CHUNK)
+        prepare(start, end)
+        crc = crc32c_extend_buffer(crc, buffer[start:end])
+    return crc
+
+
+def crc32c_parallel(buffer: memoryview, *, parts: int | None = None,
+                    prepare: Callable[[int, int], None] | None = None) -> int:
     """The CRC32C (from 0) of a contiguous byte buffer, its parts checksummed in parallel.
 
     Args:
         buffer: A contiguous, 1-byte-format memoryview (tensor memory, a file map).
         parts: How many parts (default: one per CPU); buffers under `PARALLEL_MIN_BYTES`
             are checksummed in one piece.
+        prepare: Called with (start, end) byte offsets, by the thread that checksums them,
+            just before each piece of up to `PREPARE_CHUNK` bytes is read (`diskio.populate`
+            maps a file map's pages there).
 
     Returns:
         The CRC32C, as `crc32c_extend_buffer(0, buffer)` would give it.
@@ -89,11 +110,11 @@ def crc32c_parallel(buffer: memoryview, *, parts: int | None = None) -> int:
     n = len(buffer)
     parts = parts or os.cpu_count() or 1
     if parts < 2 or n < PARALLEL_MIN_BYTES:
-        return crc32c_extend_buffer(0, buffer)
+        return _crc_part(buffer, 0, n, prepare)
     bounds = [n * i // parts for i in range(parts + 1)]
-    pieces = [buffer[bounds[i]:bounds[i + 1]] for i in range(parts)]
-    futures = [_executor().submit(crc32c_extend_buffer, 0, p) for p in pieces[1:]]
-    crc = crc32c_extend_buffer(0, pieces[0])  # the calling thread takes the first part
-    for piece, future in zip(pieces[1:], futures, strict=True):
-        crc = crc32c_combine(crc, future.result(), len(piece))
+    futures = [_executor().submit(_crc_part, buffer, bounds[i], bounds[i + 1], prepare)
+               for i in range(1, parts)]
+    crc = _crc_part(buffer, bounds[0], bounds[1], prepare)  # the calling thread's part
+    for i, future in enumerate(futures, start=1):
+        crc = crc32c_combine(crc, future.result(), bounds[i + 1] - bounds[i])
     return crc
