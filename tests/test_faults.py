@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 
@@ -12,6 +13,7 @@ from vertex_patterns.emulators.fault_proxy import FaultConfig, FaultProxy
 from vertex_patterns.emulators.gcs import GcsEmulator
 from vertex_patterns.replication import replicate
 from vertex_patterns.storage import GcsBackend, RetryPolicy, Storage
+from vertex_patterns.storage.uri import parse_uri
 
 # Quick backoff: the faults are injected, not real overload, so long sleeps only slow tests.
 FAST_RETRY = RetryPolicy(max_attempts=10, initial_backoff_s=0.005, max_backoff_s=0.05, seed=7)
@@ -125,3 +127,45 @@ class TestPermanentErrors:
         # The client also sends background bucket-metadata GETs; count the object's requests.
         object_requests = [h for h in faulty.history if "/o/x" in h[1]]
         assert len(object_requests) == FAST_RETRY.max_attempts
+
+
+class TestBatchedCopies:
+    """gs→gs copies of small objects go in batch requests through the client library: one
+    request per batch, no per-object rewrite, nothing through the client; a copy the batch
+    did not make falls back to a rewrite of its own."""
+
+    @pytest.mark.faults(seed=5)
+    def test_small_objects_go_in_batches(
+        self, store: Storage, make_bucket, faulty: FaultProxy
+    ) -> None:
+        src, dst = f"gs://{make_bucket('bsrc')}/d", f"gs://{make_bucket('bdst')}/d"
+        files = {f"k/{i:03d}": os.urandom(100 + i) for i in range(150)}
+        for key, data in files.items():
+            store.write_bytes(f"{src}/{key}", data)
+        faulty.reset_stats()
+        report = replicate(src, [dst], storage=storage_via(faulty), workers=4, progress=False)
+        assert report.ok, report.to_table()
+        assert report.destinations[0].copied == len(files)
+        assert report.destinations[0].bytes_through_client == 0
+        assert read_tree(store, dst) == files
+        batches = [h for h in faulty.history if h[0] == "POST" and "/batch/storage/v1" in h[1]]
+        assert 2 <= len(batches) <= len(files) // 10
+        assert not [h for h in faulty.history if "rewriteTo" in h[1] or "copyTo" in h[1]]
+
+    def test_copy_batch_reports_each_item(self, store: Storage, make_bucket) -> None:
+        """A missing source fails only its own item (None); the others are copied."""
+        src, dst = make_bucket("bsrc"), make_bucket("bdst")
+        present = {f"o{i}": os.urandom(50 + i) for i in range(5)}
+        listed = []
+        for key, data in present.items():
+            listed.append(store.write_bytes(f"gs://{src}/{key}", data))
+        ghost = replace(listed[0], uri=f"gs://{src}/missing", key="missing")
+        items = [(info, parse_uri(f"gs://{dst}/{info.key or info.uri.rsplit('/', 1)[1]}"), 0)
+                 for info in [*listed[:2], ghost, *listed[2:]]]
+        results = store.gcs.copy_batch(items)
+        assert results[2] is None
+        copied = [r for i, r in enumerate(results) if i != 2]
+        assert all(r is not None for r in copied)
+        for key, data in present.items():
+            assert store.read_bytes(f"gs://{dst}/{key}") == data
+        assert [r.crc32c for r in copied if r is not None] == [i.crc32c for i in listed]

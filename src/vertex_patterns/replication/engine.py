@@ -3,7 +3,9 @@
 An object is skipped when the destination holds the same size and CRC32C (never mtime
 alone), so re-running over unchanged data copies nothing and an interrupted run resumes where
 it stopped. Each copy is verified by CRC32C; local destinations are written under a temporary
-name and renamed only once verified; gs→gs copies are server-side rewrites.
+name and renamed only once verified; gs→gs copies are server-side: small objects in batch
+requests of up to 100 copies (`GcsBackend.copy_batch`), the rest, and any that a batch did not
+copy, as rewrites one by one.
 
 Local files' CRC32C comes from the checksum remembered beside them (`storage.crc_cache`)
 where it is still valid, and is otherwise computed only when a skip decision needs it (the
@@ -34,6 +36,7 @@ from vertex_patterns.replication.progress import Progress
 from vertex_patterns.replication.report import DestinationReport, ReplicationReport
 from vertex_patterns.storage import ObjectInfo, Storage
 from vertex_patterns.storage.crc_cache import crc32c_file_cached
+from vertex_patterns.storage.gcs import BATCH_COPY_MAX_BYTES, BATCH_MAX_CALLS
 from vertex_patterns.storage.local import remove_stale_temp_files
 from vertex_patterns.storage.uri import StorageUri, parse_uri
 
@@ -102,6 +105,31 @@ def _spread_over_directories(copies: list[_Copy]) -> list[_Copy]:
     if len(lanes) < 2:
         return copies
     return [c for row in itertools.zip_longest(*lanes.values()) for c in row if c is not None]
+
+
+def _batches(copies: list[_Copy], workers: int) -> tuple[list[list[_Copy]], list[_Copy]]:
+    """Splits gs→gs copies of small objects into batches (see `GcsBackend.copy_batch`).
+
+    Returns the batches (each of one destination, sized to keep every worker busy: at most
+    `BATCH_MAX_CALLS`, at least 10 copies) and the copies that go one by one.
+    """
+    lanes: dict[int, list[_Copy]] = {}
+    single: list[_Copy] = []
+    for c in copies:
+        if (c.source.uri.startswith("gs://") and c.target.startswith("gs://")
+                and c.source.size <= BATCH_COPY_MAX_BYTES and c.source.generation is not None
+                and c.source.crc32c is not None):
+            lanes.setdefault(c.dest, []).append(c)
+        else:
+            single.append(c)
+    batches: list[list[_Copy]] = []
+    for lane in lanes.values():
+        if len(lane) < 2:
+            single.extend(lane)
+            continue
+        size = min(BATCH_MAX_CALLS, max(10, -(-len(lane) // workers)))
+        batches.extend(lane[i:i + size] for i in range(0, len(lane), size))
+    return batches, single
 
 
 class Replicator:
@@ -281,12 +309,7 @@ class Replicator:
                 continue
             if not self.source.is_gcs and result.destination.crc32c is not None:
                 self._source_crc.setdefault(source.uri, result.destination.crc32c)
-            with self._lock:
-                report.copied += 1
-                report.bytes_copied += task.source.size
-                report.bytes_through_client += result.bytes_through_client
-            progress.advance(1, task.source.size)
-            self._finish(task.dest)
+            self._copied(task, result.bytes_through_client, progress)
             return
         if isinstance(error, IntegrityError) and self.dests[task.dest].is_gcs:
             # Do not leave bytes that failed verification at the final name.
@@ -297,6 +320,38 @@ class Replicator:
         self._fail(task.dest, f"copy {task.source.uri} -> {task.target}: {error}")
         progress.advance(1, task.source.size)
         self._finish(task.dest)
+
+    def _copied(self, task: _Copy, through_client: int, progress: Progress) -> None:
+        report = self.reports[task.dest]
+        with self._lock:
+            report.copied += 1
+            report.bytes_copied += task.source.size
+            report.bytes_through_client += through_client
+        progress.advance(1, task.source.size)
+        self._finish(task.dest)
+
+    def _copy_batch(self, tasks: list[_Copy], progress: Progress) -> None:
+        """Copies small gs→gs objects in one batch request; any it did not copy, or whose
+        copy does not verify, goes through `_copy` (rewrite, retries, error reporting)."""
+        items = [(t.source, parse_uri(t.target),
+                  (t.existing.generation or 0) if t.existing else 0) for t in tasks]
+        try:
+            results = self.store.gcs.copy_batch(items)
+        except StorageError as exc:
+            log.info("batch copy failed (%s); copying one by one", exc)
+            results = [None] * len(tasks)
+        for task, info in zip(tasks, results, strict=True):
+            if info is not None and info.size == task.source.size \
+                    and info.crc32c == task.source.crc32c:
+                self._copied(task, 0, progress)
+                continue
+            if info is not None:
+                # Written but not verified: the one-by-one path overwrites that generation.
+                log.warning("batch copy of %s to %s does not verify (CRC32C %s, source %s); "
+                            "copying it again", task.source.uri, task.target, info.crc32c,
+                            task.source.crc32c)
+                task = replace(task, existing=info)
+            self._copy(task, progress)
 
     def _delete(self, task: _Delete, progress: Progress) -> None:
         if self.dry_run:
@@ -333,8 +388,11 @@ class Replicator:
             total_bytes = sum(c.source.size for c in copies)
             with Progress(len(copies) + len(deletes), total_bytes,
                           enabled=False if self.dry_run else self.progress_enabled) as progress:
+                batches, single = (([], copies) if self.dry_run
+                                   else _batches(copies, self.workers))
                 futures: list[Future[None]] = [
-                    pool.submit(self._copy, c, progress) for c in copies]
+                    pool.submit(self._copy_batch, b, progress) for b in batches]
+                futures += [pool.submit(self._copy, c, progress) for c in single]
                 try:
                     for f in futures:
                         f.result()

@@ -45,7 +45,7 @@ from vertex_patterns.storage.base import ObjectInfo
 STREAM_CHUNK = 256 * 1024
 _USER_AGENT = "vertex-patterns"
 # The object fields listings need (real GCS then sends only these).
-_LIST_FIELDS = "items(bucket,name,size,crc32c,md5Hash,generation,updated),nextPageToken"
+LIST_FIELDS = "items(bucket,name,size,crc32c,md5Hash,generation,updated),nextPageToken"
 
 
 class Sink(Protocol):
@@ -192,7 +192,7 @@ class DirectHttp:
             TransientError: The connection failed or broke off.
         """
         query = _query({"prefix": prefix or None, "pageToken": page_token,
-                        "projection": "noAcl", "fields": _LIST_FIELDS})
+                        "projection": "noAcl", "fields": LIST_FIELDS})
         url = f"{client.api_endpoint}/storage/v1/b/{urllib.parse.quote(bucket)}/o?{query}"
         headers = {"Accept-Encoding": "gzip", "User-Agent": _USER_AGENT}
         return self._json(client, "GET", url, headers)
