@@ -181,7 +181,10 @@ class GcsBackend:
                 location.bucket, prefix=prefix or None, retry=None, timeout=TIMEOUT,
                 fields=LIST_FIELDS,  # what ObjectInfo needs: a third of the answer
             )
-            return [_info(b, b.name[len(prefix):]) for b in blobs if b.name != prefix]
+            # Each page's resources as answered: no Blob object built per item.
+            return [object_info(r, r["name"][len(prefix):])
+                    for page in blobs.pages for r in page.raw_page.get("items", ())
+                    if r["name"] != prefix]
 
         def fetch_direct() -> list[ObjectInfo]:
             client = self.client()
