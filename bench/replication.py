@@ -5,7 +5,7 @@
 Rows, for a "small" (1,000 x 64 KiB) and a "large" (20 x 32 MiB) dataset of random bytes:
 local->gs, gs->gs, gs->local against the GCS emulator, and local->local (engine overhead, against
 `rclone copy` on local paths and `rsync -a`). Every measured copy goes to a fresh destination;
-each row is repeated (`--repeats`, default 3) with ours/peer order alternating, and the median
+each row is repeated (`--repeats`, default 5) with ours/peer order alternating, and the median
 and min-max are reported. Then the same source is replicated again onto the populated
 destination (the incremental re-run), which must copy nothing.
 
@@ -854,7 +854,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: 100 x 64 KiB, 4 x 32 MiB, 1 repeat")
-    ap.add_argument("--repeats", type=int, default=None, help="repeats per row (default 3)")
+    ap.add_argument("--repeats", type=int, default=None, help="repeats per row (default 5)")
     ap.add_argument("--workers", type=int, default=8,
                     help="our workers = rclone --transfers/--checkers = peer threads")
     ap.add_argument("--stock-emulator", action="store_true",
@@ -867,7 +867,7 @@ def main(argv: list[str] | None = None) -> int:
         serve_stock_emulator(args.serve_stock_emulator)
         return 0
     if args.repeats is None:
-        args.repeats = 1 if args.quick else 3
+        args.repeats = 1 if args.quick else 5
     if args.repeats < 1 or args.workers < 1:
         ap.error("--repeats and --workers must be at least 1")
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
