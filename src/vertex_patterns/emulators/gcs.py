@@ -15,6 +15,10 @@ any parallel workload, without changing what it answers:
   that blob is only read back when a server starts on a data directory, and the dump makes
   every write cost time in proportion to the objects already stored.
 
+One gap in what it answers is filled, as GCS does it: object listings honour a `fields`
+selector of the form `items(name,size,...),nextPageToken` (the package ignores `fields` and
+always sends every key of every object, three times what the storage layer asks for).
+
 `stock=True` serves the package exactly as published (for benchmarks that want to show it).
 """
 
@@ -47,6 +51,82 @@ def free_port(host: str = "127.0.0.1") -> int:
 LISTEN_BACKLOG = 128
 
 
+def parse_fields(spec: str) -> dict[str, frozenset[str] | None] | None:
+    """A `fields` partial-response selector of the form the GCS JSON API takes for listings,
+    `items(name,size),nextPageToken`: top-level keys, each with an optional list of its
+    items' keys. Returns {key: item keys or None (all)}, or None for any other form (then
+    the whole answer is sent, as the emulator always did)."""
+    selected: dict[str, frozenset[str] | None] = {}
+    depth, start, name = 0, 0, ""
+    for i, ch in enumerate(spec + ","):
+        if ch == "(":
+            if depth:
+                return None
+            name, start, depth = spec[start:i].strip(), i + 1, 1
+        elif ch == ")":
+            if depth != 1:
+                return None
+            parts = [p.strip() for p in spec[start:i].split(",")]
+            if not name or not all(p and p.isidentifier() for p in parts):
+                return None
+            selected[name] = frozenset(parts)
+            depth, start = 2, i + 1
+        elif ch == "," and depth != 1:
+            key = spec[start:i].strip()
+            if depth == 2:
+                if key:
+                    return None
+            elif key.isidentifier():
+                selected[key] = None
+            elif key:
+                return None
+            depth, start = 0, i + 1
+    return selected or None
+
+
+def _select(answer: Any, selected: dict[str, frozenset[str] | None]) -> Any:
+    if not isinstance(answer, dict):
+        return answer
+    out: dict[str, Any] = {}
+    for key, sub in selected.items():
+        if key not in answer:
+            continue
+        value = answer[key]
+        if sub is not None and isinstance(value, list):
+            value = [{k: v for k, v in item.items() if k in sub} if isinstance(item, dict)
+                     else item for item in value]
+        out[key] = value
+    return out
+
+
+def _listing_with_fields(ls: Any) -> Any:
+    """Wraps the emulator's objects.list handler to honour `fields` as GCS does."""
+
+    def handler(request: Any, response: Any, storage: Any, *args: Any, **kwargs: Any) -> Any:
+        spec = request.query.get("fields")
+        selected = parse_fields(spec[0]) if spec else None
+        if selected is not None:
+            send = response.json
+            response.json = lambda answer: send(_select(answer, selected))
+        return ls(request, response, storage, *args, **kwargs)
+
+    return handler
+
+
+def _honour_fields_in_listings() -> None:
+    from gcp_storage_emulator import server as emulator_server
+    from gcp_storage_emulator.handlers import objects
+
+    if getattr(objects, "_vp_fields_patched", False):
+        return
+    wrapped = _listing_with_fields(objects.ls)
+    for _regex, methods in emulator_server.HANDLERS:
+        for method, fn in list(methods.items()):
+            if fn is objects.ls:
+                methods[method] = wrapped
+    objects._vp_fields_patched = True
+
+
 def start_gcs_server(
     host: str, port: int, *, data_dir: str | None = None, stock: bool = False
 ) -> Any:
@@ -56,8 +136,10 @@ def start_gcs_server(
         host: The address to bind (loopback).
         port: The port (0 is not supported by the emulator: use `free_port`).
         data_dir: Keep objects on disk there; None keeps them in memory.
-        stock: Keep the package's listen backlog of 5 and its per-write metadata dump in
-            memory (see the module docstring); by default both are changed.
+        stock: Keep the package's listen backlog of 5, its per-write metadata dump in
+            memory and its listings without `fields` (see the module docstring); by default
+            all three are changed (the last for the whole process, once a non-stock server
+            has started in it).
 
     Raises:
         OSError: The port is taken.
@@ -70,6 +152,8 @@ def start_gcs_server(
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         probe.bind((host, port))
     logging.getLogger("gcp_storage_emulator").setLevel(logging.WARNING)
+    if not stock:
+        _honour_fields_in_listings()
     server = create_server(host, port, in_memory=data_dir is None, data_dir=data_dir)
     if not stock and data_dir is None:
         # Nothing reads the in-memory dump back (it is read once, when a Storage is built).
