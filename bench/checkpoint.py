@@ -426,6 +426,16 @@ def bandwidth(tr: Trainer, root: str, repeats: int, cold: bool) -> tuple[list[Ro
 
         rows.append(Row("write", "disk: dd if=/dev/zero bs=16M conv=fsync", count * DD_BLOCK,
                         timed(dd_write, repeats, before=lambda: _rm(ddfile))))
+        # For information: the disk without the page cache (what ours' O_DIRECT saves use).
+        # The target compares with the row above, the issue's "dd with fsync".
+        def dd_direct() -> None:
+            dd(["if=/dev/zero", f"of={ddfile}", "bs=16M", f"count={count}", "oflag=direct",
+                "conv=fsync"])
+
+        direct_s = timed(dd_direct, repeats, before=lambda: _rm(ddfile))
+        rows.append(Row("info", "disk (info): dd oflag=direct conv=fsync (no page cache)",
+                        count * DD_BLOCK, direct_s, "info: not the target's reference"))
+        dd_write()  # leave a page-cache copy for the read rows, as before
         dd_read = lambda: dd([f"if={ddfile}", "of=/dev/null", "bs=16M"])  # noqa: E731
         rows.append(Row("read", "disk: dd of=/dev/null bs=16M (page cache)", count * DD_BLOCK,
                         timed(dd_read, repeats)))
