@@ -7,6 +7,7 @@ rewritten in place under a restored state, saved bytes compared with what was gi
 
 from __future__ import annotations
 
+import mmap
 import os
 import shutil
 import struct
@@ -19,6 +20,7 @@ from vertex_patterns.checkpoint import CheckpointManager
 from vertex_patterns.checkpoint.inspect import verify_checkpoints
 from vertex_patterns.checkpoint.layout import join, step_dir_name
 from vertex_patterns.checkpoint.serialization import DATA_ALIGNMENT
+from vertex_patterns.checkpoint.snapshot import HostBuffers
 from vertex_patterns.storage import Storage, crc32c_bytes, diskio
 from vertex_patterns.storage.diskio import (
     DIRECT_CHUNK,
@@ -189,6 +191,36 @@ class TestWritebackFile:
         empty = str(tmp_path / "e")
         open(empty, "wb").close()
         assert len(map_file(empty)) == 0
+
+
+class TestHostBuffers:
+    """Async-save snapshots of CPU tensors land in page-aligned views of one memory map,
+    reused while the state's layout stays the same and rebuilt when it changes; every dtype
+    and shape (0-d, empty, non-contiguous) round-trips."""
+
+    def test_reuse_and_relayout(self) -> None:
+        buffers = HostBuffers()
+        state = {"w": torch.randn(300, 70), "b": torch.arange(7, dtype=torch.int16),
+                 "s": torch.tensor(3.5, dtype=torch.float64), "e": torch.empty(0, 4),
+                 "t": torch.randn(40, 30).t(), "f": torch.tensor([True, False]),
+                 "h": torch.randn(5, dtype=torch.bfloat16)}
+        first = buffers.snapshot(state)
+        for key, t in state.items():
+            assert first[key].shape == t.shape and first[key].dtype == t.dtype
+            assert torch.equal(first[key], t), key
+            if t.numel():
+                assert first[key].data_ptr() % mmap.PAGESIZE == 0, key
+        pointers = {k: v.data_ptr() for k, v in first.items()}
+        state["w"].add_(1.0)
+        second = buffers.snapshot(state)
+        assert {k: v.data_ptr() for k, v in second.items()} == pointers  # reused
+        assert torch.equal(second["w"], state["w"])
+        state["w"] = torch.randn(10, 10)  # a new layout: new buffers, same values
+        third = buffers.snapshot(state)
+        assert third["w"].shape == (10, 10) and torch.equal(third["w"], state["w"])
+        assert torch.equal(third["b"], state["b"])
+        del state["h"]
+        assert "h" not in buffers.snapshot(state)
 
 
 class TestDirectFile:
