@@ -60,6 +60,7 @@ import torch.distributed.checkpoint as dcp  # noqa: E402
 from torch import nn  # noqa: E402
 
 from vertex_patterns.checkpoint import CheckpointManager  # noqa: E402
+from vertex_patterns.storage.local_write import fsync_dir  # noqa: E402
 
 GB = 1e9
 MIB = 2**20
@@ -199,14 +200,6 @@ def dir_bytes(path: str) -> int:
     return total
 
 
-def fsync_path(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 # --------------------------------------------------------------------------------------------
 # Savers used inside the training loop
 # --------------------------------------------------------------------------------------------
@@ -237,7 +230,7 @@ class TorchSaver(Saver):
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
-        fsync_path(self.workdir)
+        fsync_dir(self.workdir)
         self.commit_s.append(now() - t)
 
 
@@ -424,18 +417,18 @@ def bandwidth(tr: Trainer, root: str, repeats: int, cold: bool) -> tuple[list[Ro
         def dd_write() -> None:
             dd(["if=/dev/zero", f"of={ddfile}", "bs=16M", f"count={count}", "conv=fsync"])
 
-        rows.append(Row("write", "disk: dd if=/dev/zero bs=16M conv=fsync", count * DD_BLOCK,
-                        timed(dd_write, repeats, before=lambda: _rm(ddfile))))
         # For information: the disk without the page cache (what ours' O_DIRECT saves use).
-        # The target compares with the row above, the issue's "dd with fsync".
+        # The target compares with the fsync row, the issue's "dd with fsync", timed after it
+        # so that its last write leaves the page-cache copy the read rows read.
         def dd_direct() -> None:
             dd(["if=/dev/zero", f"of={ddfile}", "bs=16M", f"count={count}", "oflag=direct",
                 "conv=fsync"])
 
         direct_s = timed(dd_direct, repeats, before=lambda: _rm(ddfile))
+        rows.append(Row("write", "disk: dd if=/dev/zero bs=16M conv=fsync", count * DD_BLOCK,
+                        timed(dd_write, repeats, before=lambda: _rm(ddfile))))
         rows.append(Row("info", "disk (info): dd oflag=direct conv=fsync (no page cache)",
                         count * DD_BLOCK, direct_s, "info: not the target's reference"))
-        dd_write()  # leave a page-cache copy for the read rows, as before
         dd_read = lambda: dd([f"if={ddfile}", "of=/dev/null", "bs=16M"])  # noqa: E731
         rows.append(Row("read", "disk: dd of=/dev/null bs=16M (page cache)", count * DD_BLOCK,
                         timed(dd_read, repeats)))

@@ -13,7 +13,6 @@ from vertex_patterns.emulators.fault_proxy import FaultConfig, FaultProxy
 from vertex_patterns.emulators.gcs import GcsEmulator
 from vertex_patterns.replication import replicate
 from vertex_patterns.storage import GcsBackend, RetryPolicy, Storage
-from vertex_patterns.storage.uri import parse_uri
 
 # Quick backoff: the faults are injected, not real overload, so long sleeps only slow tests.
 FAST_RETRY = RetryPolicy(max_attempts=10, initial_backoff_s=0.005, max_backoff_s=0.05, seed=7)
@@ -160,7 +159,7 @@ class TestBatchedCopies:
         for key, data in present.items():
             listed.append(store.write_bytes(f"gs://{src}/{key}", data))
         ghost = replace(listed[0], uri=f"gs://{src}/missing", key="missing")
-        items = [(info, parse_uri(f"gs://{dst}/{info.key or info.uri.rsplit('/', 1)[1]}"), 0)
+        items = [(info, f"gs://{dst}/{info.uri.rsplit('/', 1)[1]}", 0)
                  for info in [*listed[:2], ghost, *listed[2:]]]
         results = store.gcs.copy_batch(items)
         assert results[2] is None

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from datetime import timedelta
@@ -53,6 +52,7 @@ from vertex_patterns.checkpoint.serialization import tensor_bytes
 from vertex_patterns.checkpoint.sharded import SHARDED_DIR, check_sharded_supported
 from vertex_patterns.errors import ConfigError, StorageError
 from vertex_patterns.storage import Storage
+from vertex_patterns.storage.local_write import fsync_dir
 from vertex_patterns.storage.uri import parse_uri
 
 log = logging.getLogger("vertex_patterns.checkpoint")
@@ -153,11 +153,7 @@ def _write_shards_and_agree(group: CheckpointGroup, store: Storage, work: str,
             if not parse_uri(work).is_gcs:
                 # Before the exchange: once every rank has reported, rank 0 commits (renames
                 # `work`), so no rank may touch the directory after it.
-                fd = os.open(path, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                fsync_dir(path)
     except Exception as exc:  # reported to every rank below, then raised everywhere
         log.error("rank %d could not write its checkpoint shards: %s", group.rank, exc)
         error = f"rank {group.rank}: {type(exc).__name__}: {exc}"

@@ -56,6 +56,7 @@ from vertex_patterns.storage.diskio import (
     open_for_checkpoint,
     populate,
 )
+from vertex_patterns.storage.local_write import fsync_dir
 from vertex_patterns.storage.parallel_crc import crc32c_parallel
 from vertex_patterns.storage.uri import parse_uri
 
@@ -80,14 +81,6 @@ class StepData:
     manifest: Manifest
     skeleton: Any
     tensors: dict[str, torch.Tensor]
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_step(
@@ -161,12 +154,12 @@ def write_step(
             files.write(MANIFEST, lambda f: f.write(manifest.to_json()))
             files.sync()
         if not location.is_gcs:
-            _fsync_dir(work)
+            fsync_dir(work)
             final_path = os.path.join(location.path, step_dir_name(step))
             if os.path.exists(final_path):  # an uncommitted leftover of the same step
                 shutil.rmtree(final_path)
             os.rename(work, final_path)
-            _fsync_dir(location.path)
+            fsync_dir(location.path)
         return manifest
     except BaseException:
         if not location.is_gcs:

@@ -33,13 +33,12 @@ def _round_up(n: int) -> int:
 def mapped_buffers(layout: _Layout) -> dict[str, torch.Tensor]:
     """New CPU tensors of the given keys, shapes and dtypes, each a page-aligned view into
     one anonymous memory map (outside malloc's heap; see the module docstring)."""
-    sizes = [torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
-             for _, shape, dtype in layout]
+    counts = [torch.Size(shape).numel() for _, shape, _ in layout]
+    sizes = [count * dtype.itemsize for count, (_, _, dtype) in zip(counts, layout, strict=True)]
     arena: Any = mmap.mmap(-1, max(1, sum(_round_up(n) for n in sizes)))
     out: dict[str, torch.Tensor] = {}
     offset = 0
-    for (key, shape, dtype), n in zip(layout, sizes, strict=True):
-        count = torch.Size(shape).numel()
+    for (key, shape, dtype), count, n in zip(layout, counts, sizes, strict=True):
         try:
             out[key] = (torch.frombuffer(arena, dtype=dtype, count=count, offset=offset)
                         .view(shape) if count else torch.empty(shape, dtype=dtype))

@@ -28,6 +28,7 @@ import contextlib
 import logging
 import os
 import queue
+import re
 import signal
 import socket
 import subprocess
@@ -51,36 +52,31 @@ def free_port(host: str = "127.0.0.1") -> int:
 LISTEN_BACKLOG = 128
 
 
+# One term of a listing's `fields`: a key, optionally with its items' keys, then `,` or the end.
+_FIELDS_TERM = re.compile(
+    r"\s*(?:(?P<key>[A-Za-z_]\w*)\s*(?:\((?P<sub>[^()]*)\))?\s*)?(?:,|$)")
+
+
 def parse_fields(spec: str) -> dict[str, frozenset[str] | None] | None:
     """A `fields` partial-response selector of the form the GCS JSON API takes for listings,
     `items(name,size),nextPageToken`: top-level keys, each with an optional list of its
     items' keys. Returns {key: item keys or None (all)}, or None for any other form (then
     the whole answer is sent, as the emulator always did)."""
     selected: dict[str, frozenset[str] | None] = {}
-    depth, start, name = 0, 0, ""
-    for i, ch in enumerate(spec + ","):
-        if ch == "(":
-            if depth:
+    at = 0
+    while at < len(spec):
+        term = _FIELDS_TERM.match(spec, at)
+        if term is None or term.end() == at:
+            return None
+        at = term.end()
+        if term["key"] is None:
+            continue  # an empty term between commas
+        sub = None
+        if term["sub"] is not None:
+            sub = frozenset(p.strip() for p in term["sub"].split(","))
+            if not all(p.isidentifier() for p in sub):
                 return None
-            name, start, depth = spec[start:i].strip(), i + 1, 1
-        elif ch == ")":
-            if depth != 1:
-                return None
-            parts = [p.strip() for p in spec[start:i].split(",")]
-            if not name or not all(p and p.isidentifier() for p in parts):
-                return None
-            selected[name] = frozenset(parts)
-            depth, start = 2, i + 1
-        elif ch == "," and depth != 1:
-            key = spec[start:i].strip()
-            if depth == 2:
-                if key:
-                    return None
-            elif key.isidentifier():
-                selected[key] = None
-            elif key:
-                return None
-            depth, start = 0, i + 1
+        selected[term["key"]] = sub
     return selected or None
 
 

@@ -333,14 +333,10 @@ class Replicator:
     def _copy_batch(self, tasks: list[_Copy], progress: Progress) -> None:
         """Copies small gs→gs objects in one batch request; any it did not copy, or whose
         copy does not verify, goes through `_copy` (rewrite, retries, error reporting)."""
-        items = [(t.source, parse_uri(t.target),
-                  (t.existing.generation or 0) if t.existing else 0) for t in tasks]
-        try:
-            results = self.store.gcs.copy_batch(items)
-        except StorageError as exc:
-            log.info("batch copy failed (%s); copying one by one", exc)
-            results = [None] * len(tasks)
-        for task, info in zip(tasks, results, strict=True):
+        items = [(t.source, t.target, (t.existing.generation or 0) if t.existing else 0)
+                 for t in tasks]
+        # copy_batch reports a failed batch as None per item: those go one by one below.
+        for task, info in zip(tasks, self.store.gcs.copy_batch(items), strict=True):
             if info is not None and info.size == task.source.size \
                     and info.crc32c == task.source.crc32c:
                 self._copied(task, 0, progress)

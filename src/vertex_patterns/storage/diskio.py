@@ -230,14 +230,8 @@ class DirectFile:
                 self._ship(DIRECT_CHUNK)
         return n
 
-    def flush(self) -> None:
-        """Nothing to flush before `finish`: full buffers are already being written."""
-
     def tell(self) -> int:
         return self._flushed + self._fill
-
-    def fileno(self) -> int:
-        return self._fd
 
     def finish(self) -> None:
         """Writes the last partial buffer (padded to a block, then the file truncated to its

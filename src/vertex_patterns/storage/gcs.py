@@ -79,10 +79,17 @@ _BATCH_FAILURES: tuple[type[BaseException], ...] = (
     ValueError, KeyError)
 
 
-# (source object as listed, destination, destination generation as listed) per copy.
-CopyItems = list[tuple[ObjectInfo, StorageUri, int]]
+# (source object as listed, destination gs:// URI, destination generation as listed) per copy.
+CopyItems = list[tuple[ObjectInfo, str, int]]
 CopyResults = list[ObjectInfo | None]
 Blobs = list[storage.Blob]
+
+
+def _object_location(uri: str) -> StorageUri:
+    """The bucket and name of an object's gs:// URI as listed, taken as they are (any name
+    GCS stores, which `parse_uri`, meant for user input, may refuse)."""
+    bucket, _, name = uri[5:].partition("/")
+    return StorageUri("gs", bucket, name)
 
 
 def _info(blob: storage.Blob, key: str) -> ObjectInfo:
@@ -508,7 +515,7 @@ class GcsBackend:
         Loops on the rewrite token, so large and cross-location copies complete; each call of
         the loop is retried on its own.
         """
-        src = StorageUri("gs", *source.uri[5:].split("/", 1))
+        src = _object_location(source.uri)
         uri = str(location)
         if expected_generation is None:
             current = self.stat(location)
@@ -570,7 +577,7 @@ class GcsBackend:
         and the caller copies that object with `rewrite`, which retries and verifies.
 
         Args:
-            items: (source object as listed, with its generation; destination; the
+            items: (source object as listed, with its generation; destination gs:// URI; the
                 destination's generation as last listed, 0 when absent).
 
         Returns:
@@ -584,11 +591,11 @@ class GcsBackend:
         written: Blobs = []
         try:
             with client.batch(raise_exception=False):
-                for source, dest, expected_generation in items:
-                    bucket, _, name = source.uri[5:].partition("/")
-                    src_bucket = client.bucket(bucket)
+                for source, dest_uri, expected_generation in items:
+                    src, dest = _object_location(source.uri), _object_location(dest_uri)
+                    src_bucket = client.bucket(src.bucket)
                     written.append(src_bucket.copy_blob(
-                        src_bucket.blob(name), client.bucket(dest.bucket), dest.path,
+                        src_bucket.blob(src.path), client.bucket(dest.bucket), dest.path,
                         if_generation_match=expected_generation,
                         if_source_generation_match=source.generation,
                         retry=None, timeout=TIMEOUT))

@@ -20,7 +20,7 @@ from vertex_patterns.errors import NotFoundError, PermanentError
 from vertex_patterns.storage.base import ObjectInfo
 from vertex_patterns.storage.checksum import crc32c_file
 from vertex_patterns.storage.crc_cache import cached_crc32c
-from vertex_patterns.storage.local_write import copy_file, temp_path
+from vertex_patterns.storage.local_write import copy_file, create_temp, fsync_dir
 from vertex_patterns.storage.uri import StorageUri
 
 T = TypeVar("T")
@@ -34,23 +34,10 @@ def is_temp_name(name: str) -> bool:
 
 
 def _open_temp(final_path: str) -> tuple[str, BinaryIO]:
-    """Creates a new temporary file beside `final_path` (and its directories when missing).
-
-    The directory is created only when the first open says it is missing, which spares a
-    `makedirs` per file when many files go to the same directories. `O_EXCL` guarantees the
-    file is ours alone, even if two random names collide.
-    """
-    for _ in range(100):
-        tmp = temp_path(final_path)
-        try:
-            # An explicit buffer size spares the isatty() probe of the default.
-            return tmp, open(tmp, "xb", buffering=io.DEFAULT_BUFFER_SIZE)  # caller closes it
-        except FileNotFoundError:
-            os.makedirs(os.path.dirname(final_path) or ".", exist_ok=True)
-        except FileExistsError:
-            continue
-    raise PermanentError(f"{final_path}: cannot create a temporary file beside it",
-                         uri=final_path)
+    """Creates a new temporary file beside `final_path` (see `create_temp`), buffered."""
+    tmp, fd = create_temp(final_path)
+    # An explicit buffer size spares the isatty() probe of the default.
+    return tmp, open(fd, "wb", buffering=io.DEFAULT_BUFFER_SIZE)  # caller closes it
 
 
 def _pid_alive(pid: int) -> bool:
@@ -104,11 +91,7 @@ def atomic_write(final_path: str, *, fsync: bool = False) -> Iterator[BinaryIO]:
             raise PermanentError(f"{final_path}: is a directory, cannot write a file there",
                                  uri=final_path) from exc
         if fsync:
-            fd = os.open(os.path.dirname(final_path) or ".", os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_dir(os.path.dirname(final_path))
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

@@ -45,6 +45,38 @@ def temp_path(final_path: str) -> str:
     return os.path.join(directory, f".{name}.vptmp-{_pid}-{random.getrandbits(32):08x}")
 
 
+def create_temp(final_path: str) -> tuple[str, int]:
+    """Creates a new temporary file beside `final_path` and returns its name and descriptor.
+
+    Missing directories are created on the first failed open only, which spares a `makedirs`
+    per file when many files go to the same directories. `O_EXCL` guarantees the file is ours
+    alone, even if two random names collide.
+
+    Raises:
+        PermanentError: No name could be created there.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC
+    for _ in range(100):
+        tmp = temp_path(final_path)
+        try:
+            return tmp, os.open(tmp, flags, 0o666)
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(final_path) or ".", exist_ok=True)
+        except FileExistsError:
+            continue
+    raise PermanentError(f"{final_path}: cannot create a temporary file beside it",
+                         uri=final_path)
+
+
+def fsync_dir(path: str) -> None:
+    """Flushes a directory's entries (a rename or create in it) to disk."""
+    fd = os.open(path or ".", os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _copy_buffer() -> memoryview:
     """This thread's reusable copy buffer (a fresh 4 MiB bytes per chunk costs page faults)."""
     view: memoryview | None = getattr(_buffers, "view", None)
@@ -75,18 +107,7 @@ class NewFile:
         self.final_path = final_path
         self._fsync = fsync
         self._written = 0
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC
-        for _ in range(100):
-            self.temp_path = temp_path(final_path)
-            try:
-                self._fd = os.open(self.temp_path, flags, 0o666)
-                return
-            except FileNotFoundError:
-                os.makedirs(os.path.dirname(final_path) or ".", exist_ok=True)
-            except FileExistsError:
-                continue
-        raise PermanentError(f"{final_path}: cannot create a temporary file beside it",
-                             uri=final_path)
+        self.temp_path, self._fd = create_temp(final_path)
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         """Writes all of `data`."""
@@ -130,11 +151,7 @@ class NewFile:
         finally:
             os.close(fd)
         if self._fsync:
-            dfd = os.open(os.path.dirname(self.final_path) or ".", os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            fsync_dir(os.path.dirname(self.final_path))
         return written
 
     def abort(self) -> None:
