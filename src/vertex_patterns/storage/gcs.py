@@ -174,8 +174,24 @@ class GcsBackend:
         skip_environment_lookups(client)
         return client
 
+    def _bucket(self, name: str) -> storage.Bucket:
+        """This thread's `Bucket` handle for `name`, made once.
+
+        A fresh `client.bucket()` per object would be four objects in reference cycles
+        (Bucket and its two ACL helpers point at each other) per object: thousands of them
+        per run, which trigger full garbage collections whose pauses (20-50 ms in a large
+        process) dwarf a quick incremental run.
+        """
+        buckets: dict[str, storage.Bucket] | None = getattr(self._local, "buckets", None)
+        if buckets is None:
+            buckets = self._local.buckets = {}
+        bucket = buckets.get(name)
+        if bucket is None:
+            bucket = buckets[name] = self.client().bucket(name)
+        return bucket
+
     def _blob(self, location: StorageUri, generation: int | None = None) -> storage.Blob:
-        return self.client().bucket(location.bucket).blob(location.path, generation=generation)
+        return self._bucket(location.bucket).blob(location.path, generation=generation)
 
     # -- reads --------------------------------------------------------------------------
     def list(self, location: StorageUri, *, with_crc32c: bool = False) -> Iterator[ObjectInfo]:
@@ -241,7 +257,7 @@ class GcsBackend:
         uri = str(location)
 
         def fetch() -> ObjectInfo | None:
-            blob = self.client().bucket(location.bucket).get_blob(
+            blob = self._bucket(location.bucket).get_blob(
                 location.path, retry=None, timeout=TIMEOUT
             )
             return None if blob is None else _info(blob, "")
@@ -522,8 +538,8 @@ class GcsBackend:
             expected_generation = current.generation if current is not None else 0
         client = self.client()
         direct = self._direct.usable(client)
-        src_blob = None if direct else client.bucket(src.bucket).blob(src.path)
-        dst_blob = None if direct else client.bucket(location.bucket).blob(location.path)
+        src_blob = None if direct else self._bucket(src.bucket).blob(src.path)
+        dst_blob = None if direct else self._bucket(location.bucket).blob(location.path)
         token: str | None = None
         written: list[dict[str, Any]] = []  # the direct path's final object resource
 
@@ -593,9 +609,9 @@ class GcsBackend:
             with client.batch(raise_exception=False):
                 for source, dest_uri, expected_generation in items:
                     src, dest = _object_location(source.uri), _object_location(dest_uri)
-                    src_bucket = client.bucket(src.bucket)
+                    src_bucket = self._bucket(src.bucket)
                     written.append(src_bucket.copy_blob(
-                        src_bucket.blob(src.path), client.bucket(dest.bucket), dest.path,
+                        src_bucket.blob(src.path), self._bucket(dest.bucket), dest.path,
                         if_generation_match=expected_generation,
                         if_source_generation_match=source.generation,
                         retry=None, timeout=TIMEOUT))
