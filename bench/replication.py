@@ -209,7 +209,9 @@ class Emulators:
     An emulator that ours just filled by a local->gs copy (and whose re-run wrote nothing)
     holds exactly what a seeded one holds: one bucket with the data set. It is kept as a
     spare and serves as the source of a later gs->gs measurement, which saves a seeding
-    upload. Stopping takes ~0.6 s of idle waiting, so it happens on a background thread.
+    upload. Stopping takes ~0.6 s of idle waiting, so it happens on a background thread;
+    `settle` waits for those stops before a measurement starts, because a stopping emulator
+    frees its memory and exits on one of the 2 cores (that once tripled a 15 ms re-run).
     """
 
     def __init__(self, stock: bool, workers: int) -> None:
@@ -257,6 +259,12 @@ class Emulators:
         t = threading.Thread(target=ctx.emu.stop, daemon=True)
         t.start()
         self._stopping.append(t)
+
+    def settle(self) -> None:
+        """Waits until every emulator being stopped has exited."""
+        for t in self._stopping:
+            t.join()
+        self._stopping.clear()
 
     def drop_spares(self, ds: Dataset) -> None:
         for ctx in self.spares.pop(ds.name, []):
@@ -531,6 +539,7 @@ class Bench:
         tool = self.tools[key]
         if key == "ours" and not src.is_gcs:
             forget_source_crcs(ds)
+        self.emulators.settle()  # no emulator exiting on a core during the measurement
         os.sync()  # start every measurement with no dirty pages from the previous one
         try:
             first = tool.fn(src, dst, ds, self.args.workers, ctx)
