@@ -211,7 +211,7 @@ class Emulators:
     spare and serves as the source of a later gs->gs measurement, which saves a seeding
     upload. Stopping takes ~0.6 s of idle waiting, so it happens on a background thread;
     `settle` waits for those stops before a measurement starts, because a stopping emulator
-    frees its memory and exits on one of the 2 cores (that once tripled a 15 ms re-run).
+    frees its memory and exits on one of the 2 cores.
     """
 
     def __init__(self, stock: bool, workers: int) -> None:
