@@ -120,20 +120,21 @@ def create_unnamed(final_path: str) -> int | None:
     directory = os.path.dirname(final_path) or "."
     if not _TMPFILE or directory in _no_tmpfile_dirs or _proc_self_fd() < 0:
         return None
-    flags = _TMPFILE | os.O_WRONLY | _CLOEXEC
-    for attempt in range(2):
-        try:
-            return os.open(directory, flags, 0o666)
-        except FileNotFoundError:
-            if attempt:
-                raise
-            os.makedirs(directory, exist_ok=True)
-        except OSError as exc:
-            if exc.errno in _TMPFILE_UNSUPPORTED:
-                _no_tmpfile_dirs.add(directory)
-                return None
+    try:
+        return _open_unnamed(directory)
+    except FileNotFoundError:
+        os.makedirs(directory, exist_ok=True)
+        return _open_unnamed(directory)
+
+
+def _open_unnamed(directory: str) -> int | None:
+    try:
+        return os.open(directory, _TMPFILE | os.O_WRONLY | _CLOEXEC, 0o666)
+    except OSError as exc:
+        if exc.errno not in _TMPFILE_UNSUPPORTED:
             raise
-    raise AssertionError("unreachable")
+    _no_tmpfile_dirs.add(directory)
+    return None
 
 
 def link_unnamed(fd: int, final_path: str) -> None:
