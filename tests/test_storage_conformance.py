@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
 from conftest import read_tree, write_tree
 from vertex_patterns.errors import NotFoundError
 from vertex_patterns.storage import Storage, crc32c_bytes, crc32c_file
+from vertex_patterns.storage.crc_cache import RACY_WINDOW_NS, cached_crc32c
 
 
 class TestReadWriteList:
@@ -61,9 +63,12 @@ class TestStreaming:
     def test_upload_download_large(self, store: Storage, root_uri: str, tmp_path) -> None:
         src = tmp_path / "big.bin"
         src.write_bytes(os.urandom(9 * 1024 * 1024 + 123))
+        time.sleep(RACY_WINDOW_NS / 1e9 + 0.05)  # old enough for its CRC32C to be remembered
         info = store.upload_file(str(src), f"{root_uri}/big.bin")
         assert info.size == src.stat().st_size
         assert info.crc32c == crc32c_file(str(src))
+        # What the upload remembers as the source's CRC32C is that of its bytes.
+        assert cached_crc32c(str(src), os.stat(src)) == crc32c_file(str(src))
         out = tmp_path / "out" / "big.bin"
         store.download_file(f"{root_uri}/big.bin", str(out))
         assert out.read_bytes() == src.read_bytes()
