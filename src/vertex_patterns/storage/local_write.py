@@ -29,11 +29,15 @@ import random
 import stat
 import threading
 import time
+from collections.abc import Callable
 from types import TracebackType
+from typing import TypeVar
 
 from vertex_patterns.errors import NotFoundError, PermanentError, TransientError
 from vertex_patterns.storage.checksum import CHUNK_SIZE, crc32c_extend_buffer, encode_crc32c
 from vertex_patterns.storage.crc_cache import remember_read_crc32c, remember_written_crc32c
+
+T = TypeVar("T")
 
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _TMPFILE = getattr(os, "O_TMPFILE", 0)
@@ -73,27 +77,40 @@ def temp_path(final_path: str) -> str:
     return os.path.join(directory, f".{name}.vptmp-{_pid}-{random.getrandbits(32):08x}")
 
 
-def create_temp(final_path: str) -> tuple[str, int]:
-    """Creates a new temporary file beside `final_path` and returns its name and descriptor.
+def _at_temp_name(final_path: str, make: Callable[[str], T]) -> tuple[str, T]:
+    """Calls `make` with fresh temporary names beside `final_path` until one is free.
 
-    Missing directories are created on the first failed open only, which spares a `makedirs`
-    per file when many files go to the same directories. `O_EXCL` guarantees the file is ours
-    alone, even if two random names collide.
+    Missing directories are created on the first failed attempt only, which spares a
+    `makedirs` per file when many files go to the same directories.
+
+    Returns:
+        The name used and what `make` returned for it.
 
     Raises:
-        PermanentError: No name could be created there.
+        PermanentError: No free name was found.
     """
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC
     for _ in range(100):
         tmp = temp_path(final_path)
         try:
-            return tmp, os.open(tmp, flags, 0o666)
+            return tmp, make(tmp)
         except FileNotFoundError:
             os.makedirs(os.path.dirname(final_path) or ".", exist_ok=True)
         except FileExistsError:
             continue
     raise PermanentError(f"{final_path}: cannot create a temporary file beside it",
                          uri=final_path)
+
+
+def create_temp(final_path: str) -> tuple[str, int]:
+    """Creates a new temporary file beside `final_path` and returns its name and descriptor.
+
+    `O_EXCL` guarantees the file is ours alone, even if two random names collide.
+
+    Raises:
+        PermanentError: No name could be created there.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC
+    return _at_temp_name(final_path, lambda tmp: os.open(tmp, flags, 0o666))
 
 
 def _proc_self_fd() -> int:
@@ -257,16 +274,8 @@ class NewFile:
 
     def _link_under_temp_name(self) -> None:
         """Links the unnamed file under a fresh temporary name (for a rename over a file)."""
-        for _ in range(100):
-            tmp = temp_path(self.final_path)
-            try:
-                link_unnamed(self._fd, tmp)
-            except FileExistsError:
-                continue
-            self.temp_path = tmp
-            return
-        raise PermanentError(f"{self.final_path}: cannot create a temporary file beside it",
-                             uri=self.final_path)
+        fd = self._fd
+        self.temp_path, _ = _at_temp_name(self.final_path, lambda tmp: link_unnamed(fd, tmp))
 
     def abort(self) -> None:
         """Closes and removes the file (an unnamed one is freed on close; nothing happens
