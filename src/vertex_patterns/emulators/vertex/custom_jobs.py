@@ -5,6 +5,7 @@ records about each job's attempts (for tests and `GET /_emulator/...`).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Any
 
@@ -36,10 +37,13 @@ class CustomJobService:
         store: Where jobs live.
         state_dir: Jobs write logs under ``state_dir/customJobs/ID/attempt-N/``.
         injector: Hands each new job its faults (replaced when the scenario changes).
+        job_env: Variables every worker gets on top of the emulator's environment.
     """
 
-    def __init__(self, store: ResourceStore, state_dir: str, injector: FaultInjector) -> None:
+    def __init__(self, store: ResourceStore, state_dir: str, injector: FaultInjector,
+                 job_env: Mapping[str, str] | None = None) -> None:
         self.store = store
+        self.job_env = dict(job_env or {})
         self.jobs = store.custom_jobs
         self.state_dir = state_dir
         self.injector = injector
@@ -69,7 +73,7 @@ class CustomJobService:
         stamp(message.create_time)
         message.update_time.CopyFrom(message.create_time)
         runner = CustomJobRunner(message=message, lock=self.store.lock, plan=plan,
-                                 scenario=scenario,
+                                 scenario=scenario, job_env=self.job_env,
                                  job_dir=os.path.join(self.state_dir, "customJobs", job_id))
         self.jobs.add(message.name, message, runner)
         runner.start()

@@ -15,6 +15,7 @@ import logging
 import shutil
 import tempfile
 import threading
+from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
@@ -25,6 +26,7 @@ from vertex_patterns.emulators.vertex.scenario import FaultInjector, Scenario
 from vertex_patterns.emulators.vertex.schedules import ScheduleService
 from vertex_patterns.emulators.vertex.server import VertexApi, make_server
 from vertex_patterns.emulators.vertex.store import ResourceStore
+from vertex_patterns.vertex_client import EMULATOR_ENV as VERTEX_ENV
 
 log = logging.getLogger("vertex_patterns.emulators.vertex")
 
@@ -42,19 +44,25 @@ class VertexEmulator:
         scenario: Faults and timings; no faults and default timings when None.
         state_dir: Where job logs and work directories go; a temporary directory (removed by
             `stop`) when None.
+        job_env: Variables every job gets on top of the emulator's own environment (custom
+            job workers and pipeline tasks), e.g. `STORAGE_EMULATOR_HOST` so that jobs reach
+            the GCS emulator as jobs on Vertex reach GCS. `VERTEX_AI_EMULATOR_HOST` is always
+            set to this emulator's URL.
     """
 
     def __init__(self, *, port: int | None = None, host: str = "127.0.0.1",
-                 scenario: Scenario | None = None, state_dir: str | None = None) -> None:
+                 scenario: Scenario | None = None, state_dir: str | None = None,
+                 job_env: Mapping[str, str] | None = None) -> None:
         self.host = host
         self.port = port or free_port(host)
         self.url = f"http://{host}:{self.port}"
         self._own_state_dir = state_dir is None
         self.state_dir = state_dir or tempfile.mkdtemp(prefix="vertex-emulator-")
+        self.job_env = {**(job_env or {}), VERTEX_ENV: self.url}
         self.store = ResourceStore()
         self.initial_scenario = scenario or Scenario()
         injector = FaultInjector(self.initial_scenario)
-        self.custom_jobs = CustomJobService(self.store, self.state_dir, injector)
+        self.custom_jobs = CustomJobService(self.store, self.state_dir, injector, self.job_env)
         self.pipeline_jobs = PipelineJobService(self.store, injector)
         self.schedules = ScheduleService(self.store, self.pipeline_jobs)
         self.api = VertexApi(self.custom_jobs, self.pipeline_jobs, self.schedules,

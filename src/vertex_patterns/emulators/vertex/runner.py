@@ -23,6 +23,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,10 +73,12 @@ class CustomJobRunner(threading.Thread):
         plan: The faults this job meets.
         scenario: Timings and restart limits.
         job_dir: Where attempts write their logs and run (`attempt-N/`).
+        job_env: Variables the workers get on top of the emulator's environment.
     """
 
     def __init__(self, *, message: Any, lock: threading.RLock, plan: FaultPlan,
-                 scenario: Scenario, job_dir: str) -> None:
+                 scenario: Scenario, job_dir: str,
+                 job_env: Mapping[str, str] | None = None) -> None:
         super().__init__(name=f"vertex-job-{message.name.rsplit('/', 1)[-1]}", daemon=True)
         self.message = message
         self.lock = lock
@@ -84,6 +87,7 @@ class CustomJobRunner(threading.Thread):
         self.max_preemption_restarts = scenario.max_preemption_restarts
         self.max_transient_restarts = scenario.max_transient_restarts
         self.job_dir = job_dir
+        self.job_env = dict(job_env or {})
         self.job_id = message.name.rsplit("/", 1)[-1]
         self.attempts: list[Attempt] = []
         self.preemptions = 0
@@ -132,7 +136,8 @@ class CustomJobRunner(threading.Thread):
             try:
                 self._group = WorkerGroup.start(
                     job_id=self.job_id, job_spec=spec, job_spec_snake=spec_snake,
-                    log_dir=attempt_dir, work_dir=os.path.join(attempt_dir, "work"))
+                    base_env=self.job_env, log_dir=attempt_dir,
+                    work_dir=os.path.join(attempt_dir, "work"))
             except ValueError as exc:
                 return self._finish(JobState.JOB_STATE_FAILED, errors.CODE_INVALID_ARGUMENT,
                                     str(exc))

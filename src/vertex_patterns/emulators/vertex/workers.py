@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -148,8 +149,12 @@ class WorkerGroup:
         job_spec_snake: dict[str, Any],
         log_dir: str,
         work_dir: str,
+        base_env: Mapping[str, str] | None = None,
     ) -> WorkerGroup:
         """Starts every replica of `job_spec` (a CustomJobSpec as JSON).
+
+        Workers get the emulator's environment, then `base_env` (the emulator's `job_env`),
+        then Vertex AI's variables and the container's own `env`.
 
         Raises:
             ValueError: A pool has no runnable command.
@@ -164,7 +169,7 @@ class WorkerGroup:
         group = cls([])
         try:
             for replica in replicas:
-                env = dict(os.environ)
+                env = {**os.environ, **(base_env or {})}
                 env.update(worker_env(job_id=job_id, job_spec=job_spec,
                                       job_spec_snake=job_spec_snake, replicas=replicas,
                                       replica=replica, master_port=master_port))
