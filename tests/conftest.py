@@ -84,20 +84,21 @@ def kfp_local(tmp_path):
 # Fast phases for tests: seconds on Vertex AI are hundredths here; SIGKILL follows SIGTERM
 # after 2 s instead of 30 s.
 VERTEX_TEST_TIMINGS = dict(queued_seconds=0.05, pending_seconds=0.05, restart_seconds=0.05,
-                           grace_seconds=2.0, pipeline_seconds=0.3)
+                           grace_seconds=2.0)
 
 
 @pytest.fixture(scope="session")
-def vertex_emulator():
-    """The Vertex AI emulator in this process with fast timings and no faults;
-    VERTEX_AI_EMULATOR_HOST points at it. A test that calls `set_scenario` calls
-    `reset_scenario()` when done."""
+def vertex_emulator(gcs_emulator: GcsEmulator):
+    """The Vertex AI emulator in this process with fast timings and no faults, its jobs
+    pointed at the GCS emulator; VERTEX_AI_EMULATOR_HOST points at it. A test that calls
+    `set_scenario` calls `reset_scenario()` when done."""
     from vertex_patterns.emulators.vertex import Scenario, Timings, VertexEmulator
     from vertex_patterns.vertex_client import EMULATOR_ENV as VERTEX_ENV
 
     scenario = Scenario(timings=Timings(**VERTEX_TEST_TIMINGS))
     previous = os.environ.get(VERTEX_ENV)
-    with VertexEmulator(scenario=scenario) as emulator:
+    with VertexEmulator(scenario=scenario,
+                        job_env={EMULATOR_ENV: gcs_emulator.url}) as emulator:
         os.environ[VERTEX_ENV] = emulator.url
         try:
             yield emulator

@@ -63,6 +63,32 @@ def init_aiplatform(
 
         kwargs.update(api_endpoint=host, api_transport="rest",
                       credentials=AnonymousCredentials())
+        _resolve_project_numbers_at(host)
     elif credentials is not None:
         kwargs["credentials"] = credentials
     aiplatform.init(**kwargs)
+
+
+def _resolve_project_numbers_at(host: str) -> None:
+    """Sends the SDK's Cloud Resource Manager look-ups to the emulator.
+
+    `PipelineJob.submit` checks that a ``gs://`` pipeline root's bucket belongs to the project,
+    asking Cloud Resource Manager for the project's number through a client built without
+    client options, so it cannot be pointed at a local endpoint: against the emulators it
+    retried an unreachable service for about 45 s and then logged a failed check. This points
+    that one look-up (`aiplatform.utils.resource_manager_utils.get_project_number`) at the
+    emulator, through the real `resourcemanager_v3` client over REST, so the check runs and
+    answers in milliseconds. Only with `VERTEX_AI_EMULATOR_HOST` set.
+    """
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import resourcemanager_v3
+    from google.cloud.aiplatform.utils import resource_manager_utils
+
+    def get_project_number(project_id: str, credentials: Any = None) -> str:
+        client = resourcemanager_v3.ProjectsClient(
+            credentials=AnonymousCredentials(), transport="rest",
+            client_options={"api_endpoint": host})
+        project = client.get_project(name=f"projects/{project_id}")
+        return str(project.name.split("/", 1)[1])
+
+    resource_manager_utils.get_project_number = get_project_number

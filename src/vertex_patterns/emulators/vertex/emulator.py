@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
+from vertex_patterns.emulators.gcs import EMULATOR_ENV as GCS_ENV
 from vertex_patterns.emulators.gcs import free_port
 from vertex_patterns.emulators.vertex.custom_jobs import CustomJobService
 from vertex_patterns.emulators.vertex.pipeline_jobs import PipelineJobService
@@ -63,10 +64,11 @@ class VertexEmulator:
         self.initial_scenario = scenario or Scenario()
         injector = FaultInjector(self.initial_scenario)
         self.custom_jobs = CustomJobService(self.store, self.state_dir, injector, self.job_env)
-        self.pipeline_jobs = PipelineJobService(self.store, injector)
+        self.pipeline_jobs = PipelineJobService(self.store, self.state_dir, injector,
+                                               self.job_env)
         self.schedules = ScheduleService(self.store, self.pipeline_jobs)
         self.api = VertexApi(self.custom_jobs, self.pipeline_jobs, self.schedules,
-                             self.set_scenario)
+                             self.set_scenario, self.project)
         self._server: Any = None
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
@@ -81,6 +83,28 @@ class VertexEmulator:
         injector = FaultInjector(scenario)
         self.custom_jobs.injector = injector
         self.pipeline_jobs.injector = injector
+
+    def project(self, project_id: str) -> dict[str, Any]:
+        """Cloud Resource Manager's Project for `project_id`.
+
+        The emulators are one project: its number is the one the GCS emulator stamps on the
+        project's buckets (asked once per call), so the SDK's bucket-ownership check on a
+        pipeline root passes for buckets on the GCS emulator, as it does on Google Cloud for
+        the project's own buckets.
+        """
+        number = "0"
+        gcs = self.job_env.get(GCS_ENV)
+        if gcs:
+            try:
+                import requests
+
+                listing = requests.get(f"{gcs.rstrip('/')}/storage/v1/b",
+                                       params={"project": project_id, "maxResults": "1"},
+                                       timeout=5).json()
+                number = str(listing.get("items", [{}])[0].get("projectNumber", number))
+            except (OSError, ValueError, IndexError) as exc:
+                log.warning("cannot read the GCS emulator's project number: %s", exc)
+        return {"name": f"projects/{number}", "projectId": project_id, "state": "ACTIVE"}
 
     def reset_scenario(self) -> None:
         """Goes back to the scenario the emulator was created with."""
@@ -114,6 +138,7 @@ class VertexEmulator:
         """Cancels unfinished jobs (their workers get a short grace), stops serving."""
         self._stopping.set()
         grace = min(self.scenario.timings.grace_seconds, _SHUTDOWN_GRACE_SECONDS)
+        self.pipeline_jobs.stop_all(grace_seconds=grace)
         self.custom_jobs.stop_all(grace_seconds=grace)
         if self._server is not None:
             self._server.shutdown()

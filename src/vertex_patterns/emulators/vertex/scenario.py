@@ -51,8 +51,6 @@ class Timings:
     """Time between a preempted attempt's end and its workers' restart."""
     grace_seconds: float = 30.0
     """Time between SIGTERM and SIGKILL when a worker is preempted or cancelled."""
-    pipeline_seconds: float = 5.0
-    """Time a pipeline job spends RUNNING before it succeeds."""
     poll_seconds: float = 0.05
     """How often a job's runner checks its workers."""
 

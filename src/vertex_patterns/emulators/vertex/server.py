@@ -3,7 +3,8 @@
 Paths are those of the SDK's REST transport (`aiplatform_v1.services.*.transports.rest_base`),
 under ``/v1/`` or ``/v1beta1/``. The emulator adds ``/_emulator/...``: ``health``, ``scenario``
 (PUT a scenario object to change faults and timings for jobs created afterwards) and
-``v1/{custom job name}`` (the job's attempts, pids and log directories).
+``v1/{custom job name}`` (the job's attempts, pids and log directories); and Cloud Resource
+Manager's ``GET /v3/projects/ID``, which the SDK needs to check a pipeline root's owner.
 """
 
 from __future__ import annotations
@@ -38,15 +39,19 @@ class VertexApi:
         pipeline_jobs: The pipeline job service.
         schedules: The schedule service.
         set_scenario: Called with a new `Scenario` when a client PUTs one.
+        projects: Answers Cloud Resource Manager's ``GET /v3/projects/ID`` (see
+            `VertexEmulator.project`).
     """
 
     def __init__(self, custom_jobs: CustomJobService, pipeline_jobs: PipelineJobService,
-                 schedules: ScheduleService, set_scenario: Callable[[Scenario], None]) -> None:
+                 schedules: ScheduleService, set_scenario: Callable[[Scenario], None],
+                 projects: Callable[[str], dict[str, Any]] | None = None) -> None:
         self.custom_jobs = custom_jobs
         self.pipeline_jobs = pipeline_jobs
         self.schedules = schedules
         self.set_scenario = set_scenario
         cj, pj, sc = custom_jobs, pipeline_jobs, schedules
+        projects = projects or (lambda project: {"name": "projects/0", "projectId": project})
         routes: list[tuple[str, str, Handler]] = [
             ("POST", rf"{_V}{_LOC}/customJobs$", lambda g, q, b: cj.create(g["parent"], b)),
             ("GET", rf"{_V}{_LOC}/customJobs$", lambda g, q, b: self._list(
@@ -80,6 +85,8 @@ class VertexApi:
              lambda g, q, b: sc.resume(g["name"], b)),
             ("DELETE", rf"{_V}(?P<name>{_LOC}/schedules/[^/:]+)$",
              lambda g, q, b: sc.delete(g["name"])),
+            ("GET", r"^/v3/projects/(?P<project>[^/:]+)$", lambda g, q, b: projects(
+                g["project"])),
             ("GET", r"^/_emulator/health$", lambda g, q, b: {"ok": True}),
             ("PUT", r"^/_emulator/scenario$", lambda g, q, b: self._put_scenario(b)),
             ("GET", rf"^/_emulator/v1/(?P<name>{_LOC}/customJobs/[^/:]+)$",

@@ -89,8 +89,12 @@ def check_pipeline_job(job: dict[str, Any], root: str = "pipeline_job") -> None:
     if not spec.get("schemaVersion"):
         problems.append((f"{root}.pipeline_spec.schema_version", REQUIRED))
     runtime = job.get("runtimeConfig", {})
-    if not runtime.get("gcsOutputDirectory"):
+    output_dir = runtime.get("gcsOutputDirectory", "")
+    if not output_dir:
         problems.append((f"{root}.runtime_config.gcs_output_directory", REQUIRED))
+    elif not re.match(r"^gs://[a-z0-9][a-z0-9._-]{1,220}[a-z0-9](/.*)?$", output_dir):
+        problems.append((f"{root}.runtime_config.gcs_output_directory",
+                         f"Must be a Cloud Storage path gs://BUCKET[/PATH], got {output_dir!r}."))
     if problems:
         raise field_errors(problems)
     declared = spec["root"].get("inputDefinitions", {}).get("parameters", {})
@@ -105,3 +109,26 @@ def check_pipeline_job(job: dict[str, Any], root: str = "pipeline_job") -> None:
         if name not in given and not optional:
             raise invalid_argument(f"The pipeline parameter {name} is required, but no value "
                                    "was given in runtime_config.parameter_values.")
+        values = runtime.get("parameterValues", {})
+        if name in values and not _has_type(values[name], definition.get("parameterType", "")):
+            raise invalid_argument(
+                f"The value of pipeline parameter {name} does not match its type "
+                f"{definition.get('parameterType')}: {values[name]!r}.")
+
+
+# JSON value checks per KFP parameter type (runtime_config.parameter_values is a map of
+# google.protobuf.Value, so numbers arrive as floats).
+_TYPE_CHECKS: dict[str, Any] = {
+    "STRING": lambda v: isinstance(v, str),
+    "NUMBER_INTEGER": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+    and float(v).is_integer(),
+    "NUMBER_DOUBLE": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "BOOLEAN": lambda v: isinstance(v, bool),
+    "LIST": lambda v: isinstance(v, list),
+    "STRUCT": lambda v: isinstance(v, dict),
+}
+
+
+def _has_type(value: Any, parameter_type: str) -> bool:
+    check = _TYPE_CHECKS.get(parameter_type)
+    return check is None or bool(check(value))
