@@ -76,7 +76,7 @@ def executor_problems(spec: dict[str, Any]) -> list[str]:
 
 
 def _pip_requirements(command: str) -> list[str]:
-    requirements = []
+    requirements: list[str] = []
     for m in _PIP_INSTALL.finditer(command):
         try:
             tokens = shlex.split(m.group("args"))
