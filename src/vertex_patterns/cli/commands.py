@@ -90,25 +90,6 @@ def run_emulators_up(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def add_compile(sub: Any) -> None:
-    p = sub.add_parser(
-        "compile",
-        help="regenerate components/*.yaml (and pipelines/*.json)",
-        description="Compile every KFP component and pipeline of the project.",
-    )
-    p.add_argument("--output-dir", default=".",
-                   help="root under which components/ and pipelines/ are written (.)")
-    p.set_defaults(handler=run_compile)
-
-
-def run_compile(args: argparse.Namespace) -> int:
-    from vertex_patterns.pipelines.compile import compile_all
-
-    for path in compile_all(args.output_dir):
-        print(f"wrote {path}")
-    return EXIT_OK
-
-
 def add_demo(sub: Any) -> None:
     p = sub.add_parser(
         "demo",

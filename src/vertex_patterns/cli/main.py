@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from vertex_patterns import __version__
-from vertex_patterns.cli import commands
+from vertex_patterns.cli import commands, pipelines
 from vertex_patterns.cli.parser import OneLineParser
 from vertex_patterns.errors import ConfigError, VertexPatternsError
 
@@ -31,7 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     commands.add_replicate(sub)
     commands.add_emulators(sub)
-    commands.add_compile(sub)
+    pipelines.add_compile(sub)
+    pipelines.add_run(sub)
+    pipelines.add_submit(sub)
+    pipelines.add_schedule(sub)
     commands.add_demo(sub)
     commands.add_checkpoints(sub)
     commands.add_train(sub)

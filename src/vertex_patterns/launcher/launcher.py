@@ -45,11 +45,14 @@ class Launcher:
         policy: Regions, failover and budgets.
         state_path: The `gcp_resources` file to record jobs in (None: not restart-safe).
         client: The job client (one for `policy.project` by default).
+        history_uri: Where to keep the history JSON current (a `gs://` object or local file),
+            written after every attempt and at the end; None: nowhere.
     """
 
     def __init__(self, spec: JobSpec, policy: LaunchPolicy, *, state_path: str | None = None,
-                 client: JobClient | None = None) -> None:
+                 client: JobClient | None = None, history_uri: str | None = None) -> None:
         self.spec = spec
+        self.history_uri = history_uri
         self.policy = policy
         self.state = StateFile(state_path)
         self.client = client or JobClient(policy.project)
@@ -81,7 +84,19 @@ class Launcher:
         self.history.final_outcome = self.planner.final.value
         self.history.final_region = self.planner.final_region
         self.history.failure = self.planner.failure
+        self._publish_history()
         return self.history
+
+    def _publish_history(self) -> None:
+        """Writes the history to `history_uri`; a report, never a reason to fail the launch."""
+        if not self.history_uri:
+            return
+        try:
+            from vertex_patterns.storage import Storage
+
+            Storage().write_bytes(self.history_uri, self.history.to_json().encode())
+        except Exception as exc:  # logged and carried on: the launch itself is what matters
+            log.warning("cannot write the history to %s: %s", self.history_uri, exc)
 
     def request_stop(self) -> None:
         """Cancels the running job and ends the launch (what SIGTERM does)."""
@@ -192,6 +207,7 @@ class Launcher:
             started=iso(started), ended=iso(ended), error=result.error))
         log.info("attempt %d in %s: %s", len(self.history.attempts), region,
                  result.outcome.value)
+        self._publish_history()
 
 
 _REFUSED = object()

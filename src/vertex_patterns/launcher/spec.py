@@ -50,6 +50,38 @@ def parse_duration(text: str | int | float, what: str = "duration") -> int:
     return seconds
 
 
+def check_service_account(email: str) -> None:
+    """Raises ConfigError unless `email` is a service account's."""
+    if not _SERVICE_ACCOUNT.match(email):
+        raise ConfigError(f"service account {email!r} is not a service account email "
+                          "(NAME@PROJECT.iam.gserviceaccount.com)")
+
+
+def check_network(network: str) -> None:
+    """Raises ConfigError unless `network` is a VPC network's full name."""
+    if not _NETWORK.match(network):
+        raise ConfigError(f"network {network!r}: expected projects/NUMBER/global/networks/NAME")
+
+
+def check_label(key: str, value: str) -> None:
+    """Raises ConfigError unless `key=value` is a valid Google Cloud label."""
+    if not _LABEL_KEY.match(key) or not _LABEL_VALUE.match(value):
+        raise ConfigError(f"label {key}={value}: keys start with a lowercase letter; "
+                          "keys and values use a-z, 0-9, _ and -, at most 63 characters")
+
+
+def check_kms_key(key: str, location: str) -> None:
+    """Raises ConfigError unless `key` is a Cloud KMS key name in `location` (Vertex AI needs
+    the key in the resource's region; ``{region}`` for jobs that move between regions)."""
+    match = _KMS_KEY.match(key)
+    if not match:
+        raise ConfigError(f"encryption key {key!r}: expected projects/P/locations/"
+                          f"{location}/keyRings/R/cryptoKeys/K")
+    if match.group(1) != location:
+        raise ConfigError(f"encryption key location must be {location}: Vertex AI needs the key "
+                          "in the resource's region")
+
+
 def parse_accelerator(text: str) -> tuple[str, int]:
     """``TYPE:COUNT`` (``T4:1``, ``NVIDIA_L4:1``) -> (enum name, count); COUNT defaults to 1.
 
@@ -141,31 +173,20 @@ class JobSpec:
                 raise ConfigError(f"{what} must be positive, got {seconds}")
         self._check_access()
         for key, value in self.labels:
-            if not _LABEL_KEY.match(key) or not _LABEL_VALUE.match(value):
-                raise ConfigError(f"label {key}={value}: keys start with a lowercase letter; "
-                                  "keys and values use a-z, 0-9, _ and -, at most 63 characters")
+            check_label(key, value)
         for name, _ in self.env:
             if not name or "=" in name:
                 raise ConfigError(f"environment variable name {name!r} is not valid")
 
     def _check_access(self) -> None:
-        if self.service_account is not None and not _SERVICE_ACCOUNT.match(self.service_account):
-            raise ConfigError(f"service account {self.service_account!r} is not a service "
-                              "account email (NAME@PROJECT.iam.gserviceaccount.com)")
-        if self.network is not None and not _NETWORK.match(self.network):
-            raise ConfigError(f"network {self.network!r}: expected "
-                              "projects/NUMBER/global/networks/NAME")
+        if self.service_account is not None:
+            check_service_account(self.service_account)
+        if self.network is not None:
+            check_network(self.network)
         if self.reserved_ip_ranges and self.network is None:
             raise ConfigError("reserved IP ranges need a network")
-        key = self.encryption_spec_key_name
-        if key is not None:
-            match = _KMS_KEY.match(key)
-            if not match:
-                raise ConfigError(f"encryption key {key!r}: expected projects/P/locations/"
-                                  "{region}/keyRings/R/cryptoKeys/K")
-            if match.group(1) != "{region}":
-                raise ConfigError("encryption key location must be {region}: Vertex AI needs "
-                                  "the key in the job's region, and jobs move between regions")
+        if self.encryption_spec_key_name is not None:
+            check_kms_key(self.encryption_spec_key_name, "{region}")
 
 
 @dataclass(kw_only=True, frozen=True)

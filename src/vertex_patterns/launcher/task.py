@@ -22,6 +22,10 @@ class SpotTrainResult:
     """The newest committed checkpoint in the final region ("" when none)."""
     model_uri: str
     """The final region's model directory ("" when no job ran)."""
+    run_dir: str
+    """The final region's run directory ("" when no job ran)."""
+    checkpoint_dir: str
+    """The final region's checkpoint directory ("" when no job ran)."""
     succeeded: bool
     failure: str | None
 
@@ -42,8 +46,14 @@ def spot_train_run(
     poll_seconds: float = 15.0,
     state_path: str | None = None,
     display_name: str = "",
+    history_uri: str = "",
 ) -> SpotTrainResult:
     """Validates, launches and sums up (see `vertex_patterns.launcher` for the semantics).
+
+    Args:
+        history_uri: When set, the history JSON is also written there (a `gs://` object or a
+            local file) after every attempt, so a report can read it while the task runs
+            and after it failed.
 
     Raises:
         ConfigError: A bad job spec or policy (before anything is sent).
@@ -58,10 +68,13 @@ def spot_train_run(
                           run_dir_template=run_dir_template,
                           failover=failover.upper().replace("-", "_"),
                           max_attempts=max_attempts, poll_seconds=poll_seconds)
-    history = Launcher(spec, policy, state_path=state_path).run()
-    checkpoint_uri, model_uri = final_uris(policy, history.final_region if history.succeeded
-                                           else None)
+    history = Launcher(spec, policy, state_path=state_path,
+                       history_uri=history_uri or None).run()
+    final = history.final_region if history.succeeded else None
+    checkpoint_uri, model_uri = final_uris(policy, final)
     return SpotTrainResult(history_json=json.dumps(history.to_dict()),
                            metrics=launch_metrics(history, policy),
                            checkpoint_uri=checkpoint_uri, model_uri=model_uri,
+                           run_dir=policy.run_dir(final) if final else "",
+                           checkpoint_dir=policy.checkpoint_dir(final) if final else "",
                            succeeded=history.succeeded, failure=history.failure)

@@ -28,7 +28,9 @@ def spot_train(
     failover: str = "EAGER_NEXT_REGION",
     max_attempts: int = 10,
     poll_seconds: float = 15.0,
-) -> NamedTuple("Outputs", [("checkpoint_uri", str), ("model_uri", str)]):  # type: ignore[valid-type]
+    report_dir: str = "",
+) -> NamedTuple("Outputs", [("checkpoint_uri", str), ("model_uri", str),  # type: ignore[valid-type]
+                            ("run_dir", str), ("checkpoint_dir", str)]):
     """Trains on Spot capacity in the first region that has it, resuming across regions.
 
     Each attempt is a Vertex AI CustomJob writing under its region's run directory and fanning
@@ -53,9 +55,14 @@ def spot_train(
         failover: EAGER_NEXT_REGION or FAILOVER.
         max_attempts: Jobs created in all.
         poll_seconds: Job poll interval.
+        report_dir: Also keep the history JSON current at `<report_dir>/history.json`
+            (`gs://...` or a path), after every attempt: a report outside the task (the
+            pipeline's exit handler) reads it, also when the launch failed. Empty: not kept.
 
     Returns:
-        checkpoint_uri: The newest checkpoint in the final region; model_uri: its model dir.
+        checkpoint_uri: The newest checkpoint in the final region; model_uri: its model dir;
+        run_dir: the final region's run directory (`goodput.json`, `metrics/`);
+        checkpoint_dir: the final region's checkpoint directory.
 
     Raises:
         RuntimeError: No attempt succeeded (the outputs are written first).
@@ -66,11 +73,12 @@ def spot_train(
         project=project, regions=list(regions), image=image, machine_type=machine_type,
         command=list(command), run_dir_template=run_dir_template, accelerator=accelerator,
         replica_count=replica_count, strategy=strategy, failover=failover,
-        max_attempts=max_attempts, poll_seconds=poll_seconds, state_path=gcp_resources)
+        max_attempts=max_attempts, poll_seconds=poll_seconds, state_path=gcp_resources,
+        history_uri=f"{report_dir.rstrip('/')}/history.json" if report_dir else "")
     with open(history.path, "w") as f:
         f.write(result.history_json)
     for name, value in result.metrics.items():
         metrics.log_metric(name, value)
     if not result.succeeded:
         raise RuntimeError(f"spot_train failed: {result.failure}")
-    return (result.checkpoint_uri, result.model_uri)
+    return (result.checkpoint_uri, result.model_uri, result.run_dir, result.checkpoint_dir)
