@@ -57,7 +57,7 @@ def add_run(sub: Any) -> None:
 
 
 def run_run(args: argparse.Namespace) -> int:
-    from vertex_patterns.pipelines.local_run import LocalRunConfig, run_local
+    from vertex_patterns.runs.local_run import LocalRunConfig, run_local
 
     result = run_local(LocalRunConfig(pipeline=args.pipeline.replace("-", "_"),
                                       output_dir=args.output_dir,
@@ -87,8 +87,8 @@ def _add_target_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _options(args: argparse.Namespace) -> Any:
-    from vertex_patterns.pipelines.params import declared_parameters, parse_assignment
-    from vertex_patterns.pipelines.submit import SubmitOptions, load_pipeline
+    from vertex_patterns.runs.params import declared_parameters, parse_assignment
+    from vertex_patterns.runs.submit import SubmitOptions, load_pipeline
 
     declared = declared_parameters(load_pipeline(args.pipeline))
     params = dict(parse_assignment(text, declared) for text in args.param)
@@ -122,7 +122,7 @@ def add_submit(sub: Any) -> None:
 
 
 def run_submit(args: argparse.Namespace) -> int:
-    from vertex_patterns.pipelines.submit import failure_message, submit_pipeline, wait_for_job
+    from vertex_patterns.runs.submit import failure_message, submit_pipeline, wait_for_job
 
     if args.poll_seconds <= 0:
         raise ConfigError("--poll-seconds must be positive")
@@ -169,7 +169,7 @@ def add_schedule(sub: Any) -> None:
 
 
 def run_schedule_create(args: argparse.Namespace) -> int:
-    from vertex_patterns.pipelines.submit import ScheduleOptions, create_schedule, parse_time
+    from vertex_patterns.runs.submit import ScheduleOptions, create_schedule, parse_time
 
     schedule = ScheduleOptions(
         cron=args.cron, max_concurrent_runs=args.max_concurrent_runs,
@@ -182,7 +182,7 @@ def run_schedule_create(args: argparse.Namespace) -> int:
 
 
 def run_schedule_list(args: argparse.Namespace) -> int:
-    from vertex_patterns.pipelines.submit import list_schedules
+    from vertex_patterns.runs.submit import list_schedules
 
     for s in list_schedules(args.project, args.region):
         gca = s.gca_resource
@@ -193,7 +193,7 @@ def run_schedule_list(args: argparse.Namespace) -> int:
 
 
 def run_schedule_action(args: argparse.Namespace) -> int:
-    from vertex_patterns.pipelines.submit import get_schedule
+    from vertex_patterns.runs.submit import get_schedule
 
     schedule = get_schedule(args.schedule, args.project, args.region)
     getattr(schedule, args.action)()

@@ -23,12 +23,12 @@ from vertex_patterns.pipelines.dr_drill import dr_drill
 from vertex_patterns.pipelines.dr_drill_steps import dr_report, dr_restore
 from vertex_patterns.pipelines.fan_out_checkpoints import fan_out_checkpoints
 from vertex_patterns.pipelines.image import IMAGE
-from vertex_patterns.pipelines.params import check_parameters
 from vertex_patterns.pipelines.replicate_data import replicate_data
 from vertex_patterns.pipelines.spot_train import spot_train
 from vertex_patterns.pipelines.spot_training import spot_training
 from vertex_patterns.pipelines.verify_checkpoints import verify_checkpoints
 from vertex_patterns.pipelines.verify_replicas import verify_replicas
+from vertex_patterns.runs.params import check_parameters
 
 COMPONENTS: dict[str, Callable[..., Any]] = {
     "replicate_data": replicate_data,

@@ -26,7 +26,7 @@ from vertex_patterns.launcher.spec import (
     check_network,
     check_service_account,
 )
-from vertex_patterns.pipelines.params import check_parameters
+from vertex_patterns.runs.params import check_parameters
 from vertex_patterns.vertex_client import init_aiplatform
 
 _TERMINAL = ("PIPELINE_STATE_SUCCEEDED", "PIPELINE_STATE_FAILED", "PIPELINE_STATE_CANCELLED")

@@ -172,7 +172,7 @@ def run_local(config: LocalRunConfig) -> LocalRunResult:
     from vertex_patterns.emulators.gcs import GcsEmulator
     from vertex_patterns.emulators.vertex import Scenario, VertexEmulator
     from vertex_patterns.pipelines.compile import compile_all
-    from vertex_patterns.pipelines.submit import SubmitOptions, submit_pipeline, wait_for_job
+    from vertex_patterns.runs.submit import SubmitOptions, submit_pipeline, wait_for_job
     from vertex_patterns.vertex_client import EMULATOR_ENV as VERTEX_ENV
 
     scenario = (Scenario.from_file(config.scenario_path) if config.scenario_path
@@ -210,8 +210,8 @@ def run_local(config: LocalRunConfig) -> LocalRunResult:
 
 def _finish(job: Any, state: str, tasks: list[dict[str, Any]], params: dict[str, Any],
             out: str, store: Storage) -> LocalRunResult:
-    from vertex_patterns.pipelines.submit import failure_message
     from vertex_patterns.report import collect_run_summary, render_html, render_table
+    from vertex_patterns.runs.submit import failure_message
     from vertex_patterns.storage.local import atomic_write
 
     failure = None if state == "PIPELINE_STATE_SUCCEEDED" else failure_message(job)
