@@ -204,8 +204,9 @@ def create_schedule(path: str, options: SubmitOptions, schedule: ScheduleOptions
     from google.cloud import aiplatform
 
     job = _job(path, options)
+    name = options.display_name or load_pipeline(path)["pipelineInfo"]["name"]
     created = aiplatform.PipelineJobSchedule(
-        pipeline_job=job, display_name=schedule.display_name or f"{job.display_name}-schedule",
+        pipeline_job=job, display_name=schedule.display_name or f"{name}-schedule",
         project=options.project, location=options.region)
     created.create(cron=schedule.cron, max_concurrent_run_count=schedule.max_concurrent_runs,
                    max_run_count=schedule.max_runs,
