@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: venv
-	$(BIN)/vertex-patterns demo
+	$(BIN)/vertex-patterns run spot_training --local --output-dir local-run
 
 lint: venv
 	$(BIN)/ruff check .

@@ -111,12 +111,12 @@ def add_demo(sub: Any) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from vertex_patterns.demo import run_replication_demo
+    from vertex_patterns.demos.replication import run_replication_demo
 
     ok = run_replication_demo(objects=args.objects, large_objects=args.large_objects,
                               workers=args.workers)
     if not args.skip_training:
-        from vertex_patterns.demo_spot import run_spot_training_demo
+        from vertex_patterns.demos.spot import run_spot_training_demo
 
         ok = run_spot_training_demo() and ok
     return EXIT_OK if ok else EXIT_FAILED

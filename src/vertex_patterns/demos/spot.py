@@ -1,6 +1,7 @@
-"""The main job on one machine: Spot training across three regions on the local emulators.
+"""Demo: the Spot launcher alone, training across three regions on the local emulators.
 
-What `vertex-patterns demo` runs after the replication part. It starts the GCS and Vertex AI
+What `vertex-patterns demo` runs after the replication part (the same flow inside a pipeline
+is `vertex-patterns run spot_training --local`). It starts the GCS and Vertex AI
 emulators with a fault scenario: region 1 has no Spot capacity (stockout), region 2 preempts
 the job after a few seconds of training, region 3 is healthy. The launcher submits the real
 trainer (`python -m vertex_patterns.train --workload digits`) as a Vertex AI custom job; each

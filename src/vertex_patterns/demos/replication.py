@@ -1,8 +1,8 @@
-"""The main job on one machine: replicate a data set across regional buckets on the emulator.
+"""Demo: replicate a data set across regional buckets on the GCS emulator.
 
-Until the training pipelines land, this is what `make demo` runs: it starts the embedded GCS
-emulator, writes a sample data set, fans it out to three regional buckets, shows that a re-run
-copies nothing, and restores it from a backup region into a local directory.
+It starts the embedded GCS emulator, writes a sample data set, fans it out to three regional
+buckets, shows that a re-run copies nothing, and restores it from a backup region into a
+local directory (`vertex-patterns demo`, first part).
 """
 
 from __future__ import annotations
