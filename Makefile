@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint typecheck unit bench bench-deps browser-deps compile clean
+.PHONY: venv demo test lint typecheck unit bench bench-deps browser-deps compile lock clean
 
 venv: $(STAMP)
 
@@ -42,6 +42,10 @@ test: lint typecheck unit
 
 compile: venv
 	$(BIN)/vertex-patterns compile
+
+# The image's pinned dependencies, from what this venv resolved (commit the result).
+lock: venv
+	$(BIN)/python containers/lock.py containers/requirements.lock
 
 # rclone is the peer the replication benchmark measures against, rsync its local reference
 # (Debian packages).
