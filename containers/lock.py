@@ -23,21 +23,30 @@ INSTALLED_SEPARATELY = {"torch"}
 
 
 def runtime_closure(project: str = PROJECT) -> dict[str, str]:
-    """Canonical name -> installed version of everything `project` needs at run time."""
+    """Canonical name -> installed version of everything `project` needs at run time.
+
+    A requirement's extras count (``google-api-core[grpc]`` brings grpcio-status): each
+    distribution is walked once per extra asked of it.
+    """
     found: dict[str, str] = {}
-    pending = [project]
+    walked: set[tuple[str, str]] = set()
+    pending: list[tuple[str, str]] = [(project, "")]
     while pending:
-        name = pending.pop()
-        dist = metadata.distribution(name)
-        for text in dist.requires or ():
+        name, extra = pending.pop()
+        if (canonicalize_name(name), extra) in walked:
+            continue
+        walked.add((canonicalize_name(name), extra))
+        for text in metadata.distribution(name).requires or ():
             req = Requirement(text)
-            if req.marker is not None and not req.marker.evaluate({"extra": ""}):
-                continue  # an extra (e.g. `test`) or another platform's requirement
+            if req.marker is not None and not req.marker.evaluate({"extra": extra}):
+                continue  # another extra (e.g. `test`) or another platform's requirement
+            if req.marker is None and extra:
+                continue  # walked already for the base requirements
             key = canonicalize_name(req.name)
-            if key in found or key in INSTALLED_SEPARATELY:
+            if key in INSTALLED_SEPARATELY:
                 continue
             found[key] = metadata.version(req.name)
-            pending.append(req.name)
+            pending += [(req.name, "")] + [(req.name, e) for e in sorted(req.extras)]
     return found
 
 

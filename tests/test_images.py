@@ -73,6 +73,19 @@ class TestLockFile:
         assert not TEST_ONLY & set(pins)
         assert all(re.fullmatch(r"[\w.!+-]+", v) for v in pins.values())
 
+    def test_complete(self) -> None:
+        """Everything the installed package needs at run time (extras of requirements
+        included, e.g. google-api-core[grpc] -> grpcio-status) is pinned."""
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("lock", ROOT / "containers" / "lock.py")
+        assert spec is not None and spec.loader is not None
+        lock = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(lock)
+        needed = set(lock.runtime_closure())
+        assert "grpcio-status" in needed and "pytest" not in needed
+        assert needed <= set(lock_pins()), f"{needed - set(lock_pins())}: run `make lock`"
+
 
 class TestDockerfile:
     """Installs the lock, then the package without dependencies; checks the tag is the
