@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint typecheck unit bench bench-deps compile clean
+.PHONY: venv demo test lint typecheck unit bench bench-deps browser-deps compile lock clean
 
 venv: $(STAMP)
 
@@ -29,13 +29,23 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
-unit: venv
+unit: venv browser-deps
 	$(BIN)/python -m pytest -q
+
+# Headless Chromium (Debian package) renders the run report in tests/test_report.py, which
+# checks that every plot drew. Installed when missing and root can; otherwise that test skips.
+browser-deps:
+	command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || \
+		(apt-get update -qq && apt-get install -y -qq chromium)
 
 test: lint typecheck unit
 
 compile: venv
 	$(BIN)/vertex-patterns compile
+
+# The image's pinned dependencies, from what this venv resolved (commit the result).
+lock: venv
+	$(BIN)/python containers/lock.py containers/requirements.lock
 
 # rclone is the peer the replication benchmark measures against, rsync its local reference
 # (Debian packages).

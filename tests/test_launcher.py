@@ -74,8 +74,8 @@ def policy(template: str, regions=(R1, R2, R3), **kw) -> LaunchPolicy:
 
 def spec(command: list[str], **kw) -> JobSpec:
     return JobSpec(display_name=kw.pop("display_name", f"t{uuid.uuid4().hex[:6]}"),
-                   image="us-docker.pkg.dev/emu/trainer:1", machine_type="n1-standard-4",
-                   command=tuple(command), **kw)
+                   image=kw.pop("image", "us-docker.pkg.dev/emu/trainer:1"),
+                   machine_type="n1-standard-4", command=tuple(command), **kw)
 
 
 def job_count(emulator: VertexEmulator) -> int:
@@ -149,6 +149,23 @@ class TestStockoutFailover:
             f"{template.format(region=r)}/checkpoints" for r in (R1, R2)]
         assert store.exists(f"{run_dir}/model/model.safetensors")
         assert not store.exists(f"{template.format(region=R1)}/model/model.safetensors")
+
+
+class TestImagePerRegion:
+    """`{region}` in the image URI is filled in per attempt: a job that fails over pulls from
+    its own region's registry."""
+
+    def test_each_job_names_its_region_registry(self, vertex, template) -> None:
+        use_scenario(vertex, {R1: RegionFaults(stockout_strategies=("SPOT",))})
+        image = "{region}-docker.pkg.dev/emu/trainers/digits:0.1.0"
+        history = Launcher(spec(["python", "-c", "pass"], image=image),
+                           policy(template, regions=(R1, R2))).run()
+        assert [(a.region, a.outcome) for a in history.attempts] == [
+            (R1, "stockout"), (R2, "succeeded")]
+        for attempt in history.attempts:
+            pools = vertex.job_record(attempt.job)["job"]["jobSpec"]["workerPoolSpecs"]
+            assert pools[0]["containerSpec"]["imageUri"] == \
+                f"{attempt.region}-docker.pkg.dev/emu/trainers/digits:0.1.0"
 
 
 class TestExhaustion:
@@ -298,6 +315,8 @@ class TestBadSpecsRejected:
         (["--replica-count", "0"], "at least 1"),
         (["--kms-key", "projects/p/locations/us-east1/keyRings/r/cryptoKeys/k"], "{region}"),
         (["--run-dir-template", "gs://one-bucket/runs/x"], "must contain {region}"),
+        (["--image", "{zone}-docker.pkg.dev/p/r/t:1"], "only {region} may be filled in"),
+        (["--image", "{region-docker.pkg.dev/p/r/t:1"], "unmatched brace"),
     ])
     def test_rejected_before_any_request(self, vertex, capsys, extra, message) -> None:
         before = job_count(vertex)

@@ -61,7 +61,7 @@ def build_custom_job(spec: JobSpec, policy: LaunchPolicy, region: str, *, strate
     if spec.accelerator_type is not None:
         machine.accelerator_type = getattr(AcceleratorType, spec.accelerator_type)
         machine.accelerator_count = spec.accelerator_count
-    container = ContainerSpec(image_uri=spec.image, command=argv[:1], args=argv[1:],
+    container = ContainerSpec(image_uri=spec.image_uri(region), command=argv[:1], args=argv[1:],
                               env=[EnvVar(name=k, value=v) for k, v in spec.env])
     disk = DiskSpec(boot_disk_type=spec.boot_disk_type, boot_disk_size_gb=spec.boot_disk_size_gb)
 

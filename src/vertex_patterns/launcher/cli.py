@@ -27,7 +27,8 @@ def add_launch_arguments(p: argparse.ArgumentParser) -> None:
     """The launch command's flags."""
     p.add_argument("--project", required=True, help="Google Cloud project ID")
     p.add_argument("--regions", required=True, help="comma-separated regions, in order")
-    p.add_argument("--image", required=True, help="container image URI")
+    p.add_argument("--image", required=True,
+                   help="container image URI; {region} is filled in per region")
     p.add_argument("--machine-type", required=True, help="e.g. n1-standard-8, g2-standard-8")
     p.add_argument("--accelerator", metavar="TYPE:COUNT", help="e.g. T4:1, NVIDIA_L4:1")
     p.add_argument("--replica-count", type=int, default=1, help="replicas in all (1)")

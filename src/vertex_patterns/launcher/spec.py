@@ -25,6 +25,7 @@ _LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
 _NETWORK = re.compile(r"^projects/[^/]+/global/networks/[^/]+$")
 _KMS_KEY = re.compile(r"^projects/[^/]+/locations/([^/]+)/keyRings/[^/]+/cryptoKeys/[^/]+$")
 _SERVICE_ACCOUNT = re.compile(r"^[^@\s]+@[^@\s]+\.iam\.gserviceaccount\.com$")
+_PLACEHOLDER = re.compile(r"\{[^{}]*\}")
 
 
 def parse_duration(text: str | int | float, what: str = "duration") -> int:
@@ -97,6 +98,15 @@ def parse_accelerator(text: str) -> tuple[str, int]:
     return normalize_accelerator(kind), n
 
 
+def _check_image(image: str) -> None:
+    """Only ``{region}`` may be filled in: anything else would reach the registry verbatim."""
+    rest = image.replace("{region}", "")
+    placeholder = _PLACEHOLDER.search(rest)
+    if placeholder or "{" in rest or "}" in rest:
+        found = placeholder.group(0) if placeholder else "an unmatched brace"
+        raise ConfigError(f"--image {image!r}: only {{region}} may be filled in, found {found}")
+
+
 @dataclass(kw_only=True, frozen=True)
 class JobSpec:
     """One CustomJob's worth of configuration, the same in every region it is tried in."""
@@ -104,7 +114,8 @@ class JobSpec:
     display_name: str
     """Job name prefix; each attempt is ``<display_name>-<region>-a<N>``."""
     image: str
-    """Container image URI."""
+    """Container image URI; ``{region}`` is filled in per region, so that a job that fails
+    over pulls from its own region's registry (``{region}-docker.pkg.dev/...``)."""
     command: tuple[str, ...]
     """Container command and args; ``{region}`` and ``{run_dir}`` are filled in per region."""
     machine_type: str
@@ -145,6 +156,7 @@ class JobSpec:
             raise ConfigError("display name must not be empty")
         if not self.image.strip():
             raise ConfigError("--image must not be empty")
+        _check_image(self.image)
         if not self.command:
             raise ConfigError("no command: give it after `--`, e.g. -- python -m trainer")
         if self.strategy not in STRATEGIES:
@@ -177,6 +189,10 @@ class JobSpec:
         for name, _ in self.env:
             if not name or "=" in name:
                 raise ConfigError(f"environment variable name {name!r} is not valid")
+
+    def image_uri(self, region: str) -> str:
+        """The image the job in `region` pulls: `image` with ``{region}`` filled in."""
+        return self.image.replace("{region}", region)
 
     def _check_access(self) -> None:
         if self.service_account is not None:

@@ -8,6 +8,7 @@ from vertex_patterns.pipelines.data_replication import data_replication
 from vertex_patterns.pipelines.dr_drill import dr_drill
 from vertex_patterns.pipelines.dr_drill_steps import dr_report, dr_restore
 from vertex_patterns.pipelines.fan_out_checkpoints import fan_out_checkpoints
+from vertex_patterns.pipelines.publish_report import publish_report
 from vertex_patterns.pipelines.replicate_data import replicate_data
 from vertex_patterns.pipelines.spot_train import spot_train
 from vertex_patterns.pipelines.spot_training import spot_training
@@ -16,5 +17,6 @@ from vertex_patterns.pipelines.verify_replicas import verify_replicas
 
 __all__ = [
     "data_replication", "dr_drill", "dr_report", "dr_restore", "fan_out_checkpoints",
-    "replicate_data", "spot_train", "spot_training", "verify_checkpoints", "verify_replicas",
+    "publish_report", "replicate_data", "spot_train", "spot_training", "verify_checkpoints",
+    "verify_replicas",
 ]

@@ -23,6 +23,7 @@ from vertex_patterns.pipelines.dr_drill import dr_drill
 from vertex_patterns.pipelines.dr_drill_steps import dr_report, dr_restore
 from vertex_patterns.pipelines.fan_out_checkpoints import fan_out_checkpoints
 from vertex_patterns.pipelines.image import IMAGE
+from vertex_patterns.pipelines.publish_report import publish_report
 from vertex_patterns.pipelines.replicate_data import replicate_data
 from vertex_patterns.pipelines.spot_train import spot_train
 from vertex_patterns.pipelines.spot_training import spot_training
@@ -38,6 +39,7 @@ COMPONENTS: dict[str, Callable[..., Any]] = {
     "spot_train": spot_train,
     "dr_restore": dr_restore,
     "dr_report": dr_report,
+    "publish_report": publish_report,
 }
 
 PIPELINES: dict[str, Callable[..., Any]] = {

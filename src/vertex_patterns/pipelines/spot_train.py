@@ -42,7 +42,8 @@ def spot_train(
     Args:
         project: Google Cloud project ID.
         regions: Regions in order of preference.
-        image: Container image URI.
+        image: Container image URI; `{region}` is filled in per region, so a job that
+            fails over pulls from its own region's registry.
         machine_type: E.g. `n1-standard-8`, `g2-standard-8`.
         command: Container command and args; `{run_dir}` and `{region}` are filled in.
         run_dir_template: Per-region run directory, e.g. `gs://bucket-{region}/runs/NAME`.

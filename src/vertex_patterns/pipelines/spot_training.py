@@ -12,6 +12,7 @@ decoration time and needs real types, not strings.
 from kfp import dsl
 
 from vertex_patterns.pipelines.image import IMAGE
+from vertex_patterns.pipelines.publish_report import publish_report
 from vertex_patterns.pipelines.replicate_data import replicate_data
 from vertex_patterns.pipelines.spot_train import spot_train
 from vertex_patterns.pipelines.verify_checkpoints import verify_checkpoints
@@ -63,21 +64,26 @@ def spot_training(
         poll_seconds: How often the launcher polls the training job.
         replication_workers: Objects copied in parallel by the data replication.
     """
-    replicate = replicate_data(source_uri=data_source_uri,
-                               destination_uris=data_replica_uris,
-                               workers=replication_workers)
-    replicate.set_caching_options(False)  # the source may change while the inputs do not
-    replicate.set_retry(num_retries=2, backoff_duration="10s")  # incremental: safe to retry
+    report = publish_report(report_dir=report_dir, run_dir_template=run_dir_template,
+                            regions=regions)
+    report.set_caching_options(False)
+    report.set_retry(num_retries=2, backoff_duration="10s")  # rewrites the same two files
+    with dsl.ExitHandler(report, name="spot-training-run"):
+        replicate = replicate_data(source_uri=data_source_uri,
+                                   destination_uris=data_replica_uris,
+                                   workers=replication_workers)
+        replicate.set_caching_options(False)  # the source may change while inputs do not
+        replicate.set_retry(num_retries=2, backoff_duration="10s")  # incremental: safe
 
-    train = spot_train(project=project, regions=regions, image=trainer_image,
-                       machine_type=machine_type, command=train_command,
-                       run_dir_template=run_dir_template, accelerator=accelerator,
-                       strategy=strategy, failover=failover, max_attempts=max_attempts,
-                       poll_seconds=poll_seconds, report_dir=report_dir)
-    train.after(replicate)
-    train.set_caching_options(False)  # launches jobs; the launcher retries by itself
+        train = spot_train(project=project, regions=regions, image=trainer_image,
+                           machine_type=machine_type, command=train_command,
+                           run_dir_template=run_dir_template, accelerator=accelerator,
+                           strategy=strategy, failover=failover, max_attempts=max_attempts,
+                           poll_seconds=poll_seconds, report_dir=report_dir)
+        train.after(replicate)
+        train.set_caching_options(False)  # launches jobs; the launcher retries by itself
 
-    verify = verify_checkpoints(checkpoint_dir=train.outputs["checkpoint_dir"])
-    verify.set_caching_options(False)
-    verify.set_retry(num_retries=2, backoff_duration="10s")  # read-only: safe to retry
-    # Health checks and the cost report plug in here, reading train.outputs["run_dir"].
+        verify = verify_checkpoints(checkpoint_dir=train.outputs["checkpoint_dir"])
+        verify.set_caching_options(False)
+        verify.set_retry(num_retries=2, backoff_duration="10s")  # read-only: safe to retry
+        # Health checks and the cost report plug in here, reading train.outputs["run_dir"].

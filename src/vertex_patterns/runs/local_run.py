@@ -215,9 +215,13 @@ def _finish(job: Any, state: str, tasks: list[dict[str, Any]], params: dict[str,
     from vertex_patterns.storage.local import atomic_write
 
     failure = None if state == "PIPELINE_STATE_SUCCEEDED" else failure_message(job)
+    gca = job.gca_resource
+    job_seconds = ((gca.end_time - gca.start_time).total_seconds()
+                   if gca.start_time and gca.end_time else None)
     summary = collect_run_summary(f"{params['report_dir']}/history.json",
                                   params["run_dir_template"], params["regions"],
-                                  tasks=tasks, state=state, error=failure)
+                                  tasks=[t for t in tasks if not t["root"]], state=state,
+                                  error=failure, job_seconds=job_seconds)
     doc = summary.to_dict()
     summary_path = os.path.join(out, "summary.json")
     report_path = os.path.join(out, "report.html")
