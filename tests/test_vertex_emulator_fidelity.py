@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
+import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -21,6 +24,7 @@ from google.cloud.aiplatform_v1.types import JobState
 
 from conftest import wait_for
 from vertex_patterns.cli.main import main as cli_main
+from vertex_patterns.emulators.gcs import free_port
 from vertex_patterns.emulators.vertex import VertexEmulator
 from vertex_patterns.emulators.vertex.logs import read_log, tail_log
 from vertex_patterns.launcher import JobSpec, Launcher, LaunchPolicy
@@ -268,3 +272,54 @@ class TestLogs:
                 'resource.labels.task_name="workerpool1-0"') in hint
         assert "https://console.cloud.google.com/logs/query;query=resource.type%3D%22ml_job" \
             in hint and hint.split("\n")[0].endswith("?project=my-proj")
+
+
+class TestEmulatorsUp:
+    """Under `emulators up`, a custom job reaches the GCS emulator started beside it (the
+    command's own environment has no STORAGE_EMULATOR_HOST), its output is readable with
+    `emulators logs`, and `--state-dir` keeps its log after the emulators stop."""
+
+    def test_job_writes_to_gcs_emulator_and_logs_kept(
+            self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+            capsys: pytest.CaptureFixture[str]) -> None:
+        from google.auth.credentials import AnonymousCredentials
+        from google.cloud import storage
+
+        state, scenario = tmp_path / "state", tmp_path / "scenario.json"
+        scenario.write_text(json.dumps({"timings": {"queued_seconds": 0.05,
+                                                    "pending_seconds": 0.05}}))
+        gcs_port, vertex_port = free_port(), free_port()
+        env = {k: v for k, v in os.environ.items()
+               if k not in (EMULATOR_ENV, "STORAGE_EMULATOR_HOST")}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "vertex_patterns.cli", "emulators", "up", "--gcs-port",
+             str(gcs_port), "--vertex-port", str(vertex_port), "--scenario", str(scenario),
+             "--state-dir", str(state)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            assert proc.stdout is not None
+            gcs_url = proc.stdout.readline().strip().split("=", 1)[1]
+            vertex_url = proc.stdout.readline().strip().split("=", 1)[1]
+            monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_url)
+            gcs = storage.Client(project="test", credentials=AnonymousCredentials())
+            bucket = gcs.create_bucket(f"up-{uuid.uuid4().hex[:8]}")
+            monkeypatch.setenv(EMULATOR_ENV, vertex_url)
+            init_aiplatform(PROJECT, "us-central1")
+            job = python_job(
+                "import os\nfrom vertex_patterns.storage import Storage\n"
+                f"Storage().write_bytes('gs://{bucket.name}/from-job.txt', "
+                "os.environ['CLOUD_ML_JOB_ID'].encode())\nprint('wrote it')")
+            job.run()
+            job_id = job.resource_name.rsplit("/", 1)[-1]
+            assert bucket.blob("from-job.txt").download_as_bytes() == job_id.encode()
+
+            capsys.readouterr()
+            assert cli_main(["emulators", "logs", job_id]) == 0
+            assert capsys.readouterr().out == "wrote it\n"
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        log_file = state / "customJobs" / job_id / "attempt-1" / "workerpool0-0.log"
+        assert log_file.read_text() == "wrote it\n"
