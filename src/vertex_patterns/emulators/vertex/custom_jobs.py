@@ -164,6 +164,7 @@ class CustomJobService:
         name = self.resolve(job)
         entry = self.jobs.get(name)
         runner: CustomJobRunner = entry.extra
+        # The state is read before the log: a job seen ended has written its last byte.
         with self.store.lock:
             state = JobState(entry.message.state)
             error = entry.message.error.message
@@ -173,7 +174,6 @@ class CustomJobService:
             raise errors.invalid_argument(f"Job {name} has no replica {replica!r}; it has "
                                           f"{', '.join(replicas)}.")
         log_dirs = [a.log_dir for a in list(runner.attempts)]
-        # Read the state before the log: a job seen ended has written its last byte.
         if tail is not None:
             text, next_offset = logs.tail_log(log_dirs, replica, tail), offset
             done = state in TERMINAL_STATES
