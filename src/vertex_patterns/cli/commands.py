@@ -62,34 +62,6 @@ def run_replicate(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
-def add_emulators(sub: Any) -> None:
-    p = sub.add_parser("emulators", help="local stand-ins for GCS and Vertex AI")
-    esub = p.add_subparsers(dest="emulators_command", metavar="ACTION")
-    esub.required = True
-    up = esub.add_parser(
-        "up",
-        help="run the emulators in the foreground until Ctrl-C",
-        description="Start the GCS and Vertex AI emulators on loopback and print the export "
-        "lines to paste into another shell. Stops cleanly on Ctrl-C or SIGTERM.",
-    )
-    up.add_argument("--gcs-port", type=int, default=9023, help="GCS emulator port (9023)")
-    up.add_argument("--data-dir", help="keep GCS objects on disk here (default: in memory)")
-    up.add_argument("--vertex-port", type=int, default=9024,
-                    help="Vertex AI emulator port (9024)")
-    up.add_argument("--scenario", metavar="FILE",
-                    help="Vertex AI fault scenario (JSON: seed, regions, timings)")
-    up.add_argument("--only", choices=["gcs", "vertex"], help="start only this emulator")
-    up.set_defaults(handler=run_emulators_up)
-
-
-def run_emulators_up(args: argparse.Namespace) -> int:
-    from vertex_patterns.emulators.serve import serve_forever
-
-    serve_forever(gcs_port=args.gcs_port, data_dir=args.data_dir, vertex_port=args.vertex_port,
-                  scenario_path=args.scenario, only=args.only)
-    return EXIT_OK
-
-
 def add_demo(sub: Any) -> None:
     p = sub.add_parser(
         "demo",

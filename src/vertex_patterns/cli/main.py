@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from vertex_patterns import __version__
-from vertex_patterns.cli import commands, pipelines
+from vertex_patterns.cli import commands, emulators, pipelines
 from vertex_patterns.cli.parser import OneLineParser
 from vertex_patterns.errors import ConfigError, VertexPatternsError
 
@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     sub.required = True
     commands.add_replicate(sub)
-    commands.add_emulators(sub)
+    emulators.add_emulators(sub)
     pipelines.add_compile(sub)
     pipelines.add_run(sub)
     pipelines.add_submit(sub)

@@ -1,7 +1,14 @@
-"""`vertex-patterns emulators up`: run the local emulators in the foreground."""
+"""`vertex-patterns emulators up`: run the local emulators in the foreground.
+
+Jobs the Vertex AI emulator runs get `STORAGE_EMULATOR_HOST` pointing at the GCS emulator
+started beside it (as jobs on Vertex AI reach real GCS) and `VERTEX_AI_EMULATOR_HOST`
+pointing at the Vertex AI emulator; with `--only vertex`, jobs inherit whatever
+`STORAGE_EMULATOR_HOST` the command itself was started with.
+"""
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from types import FrameType
@@ -20,6 +27,7 @@ def serve_forever(
     vertex_port: int = DEFAULT_VERTEX_PORT,
     scenario_path: str | None = None,
     only: str | None = None,
+    state_dir: str | None = None,
 ) -> None:
     """Starts the emulators, prints their export lines, and blocks until SIGINT/SIGTERM.
 
@@ -29,9 +37,13 @@ def serve_forever(
         vertex_port: The Vertex AI emulator's port.
         scenario_path: A fault scenario JSON file for the Vertex AI emulator.
         only: ``gcs`` or ``vertex`` to start just that one.
+        state_dir: Keep everything the emulators write there: job logs and work directories
+            (``customJobs/ID/attempt-N/``) and, unless `data_dir` is given, GCS objects
+            (``gcs/``). None: a temporary directory removed on exit, GCS objects in memory.
 
     Raises:
-        ConfigError: A port is out of range or taken, or the scenario file is invalid.
+        ConfigError: A port is out of range or taken, the scenario file is invalid, or the
+            state directory cannot be created.
     """
     from vertex_patterns.emulators.vertex.scenario import Scenario
     from vertex_patterns.vertex_client import EMULATOR_ENV as VERTEX_ENV
@@ -40,6 +52,16 @@ def serve_forever(
         if not 0 < port < 65536:
             raise ConfigError(f"{flag} {port} is not a TCP port (1-65535)")
     scenario = Scenario.from_file(scenario_path) if scenario_path else Scenario()
+    if state_dir is not None:
+        state_dir = os.path.abspath(state_dir)
+        try:
+            os.makedirs(state_dir, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"--state-dir {state_dir}: {exc.strerror}") from exc
+        if data_dir is None and only in (None, "gcs"):
+            data_dir = os.path.join(state_dir, "gcs")
+            os.makedirs(data_dir, exist_ok=True)
+    gcs_url = f"http://127.0.0.1:{gcs_port}"
     gcs: Any = None
     vertex: Any = None
     try:
@@ -50,8 +72,12 @@ def serve_forever(
             # Imported only when wanted: the aiplatform protos take seconds to import.
             from vertex_patterns.emulators.vertex.emulator import VertexEmulator
 
+            # Jobs reach this GCS emulator as jobs on Vertex AI reach GCS.
+            job_env = {EMULATOR_ENV: gcs_url} if gcs is not None else {}
             vertex = _listen("--vertex-port", vertex_port,
-                             lambda: VertexEmulator(port=vertex_port, scenario=scenario).start())
+                             lambda: VertexEmulator(port=vertex_port, scenario=scenario,
+                                                    state_dir=state_dir, job_env=job_env
+                                                    ).start())
         stop = threading.Event()
 
         def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -60,7 +86,7 @@ def serve_forever(
         previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             if gcs is not None:
-                print(f"export {EMULATOR_ENV}=http://127.0.0.1:{gcs_port}", flush=True)
+                print(f"export {EMULATOR_ENV}={gcs_url}", flush=True)
             if vertex is not None:
                 print(f"export {VERTEX_ENV}={vertex.url}", flush=True)
             print("# emulators running; Ctrl-C to stop", flush=True)

@@ -20,6 +20,7 @@ from typing import Any
 
 from vertex_patterns.launcher.build import attempt_display_name, build_custom_job
 from vertex_patterns.launcher.history import AttemptRecord, LaunchHistory, iso
+from vertex_patterns.launcher.job_logs import failure_log_hint
 from vertex_patterns.launcher.jobs import JobClient, region_of
 from vertex_patterns.launcher.outcome import (
     Classified,
@@ -198,6 +199,9 @@ class Launcher:
                      end.timestamp() if end else time.time())
         if result.outcome == Outcome.CANCELLED and not self.stop_requested.is_set():
             log.warning("%s was cancelled outside the launcher", job.name)
+        if result.outcome == Outcome.USER_ERROR:
+            log.error("%s failed: %s\n%s", job.name, result.error,
+                      failure_log_hint(job.name, result.error))
         self.planner.observe(region, result)
 
     def _append(self, region: str, strategy: str, job: str, result: Classified,

@@ -11,7 +11,7 @@ from typing import Any
 
 from google.cloud.aiplatform_v1.types import CustomJob, JobState
 
-from vertex_patterns.emulators.vertex import errors
+from vertex_patterns.emulators.vertex import errors, logs
 from vertex_patterns.emulators.vertex.codec import parse, stamp, to_dict, to_json
 from vertex_patterns.emulators.vertex.runner import TERMINAL_STATES, CustomJobRunner
 from vertex_patterns.emulators.vertex.scenario import FaultInjector
@@ -139,6 +139,51 @@ class CustomJobService:
             "preemptions": runner.preemptions,
             "attempts": [asdict(a) for a in list(runner.attempts)],
         }
+
+    def resolve(self, job: str) -> str:
+        """The resource name of `job`, given as its resource name or its numeric ID.
+
+        Raises:
+            ApiError: 404 when no job has that name or ID.
+        """
+        with self.store.lock:
+            if job in self.jobs.entries:
+                return job
+            for name in self.jobs.entries:
+                if name.rsplit("/", 1)[-1] == job:
+                    return name
+        raise errors.not_found(job)
+
+    def log(self, job: str, *, replica: str, offset: int = 0,
+            tail: int | None = None) -> dict[str, Any]:
+        """A piece of one replica's log (see `logs`): from `offset`, or its last `tail` lines.
+
+        Raises:
+            ApiError: 404 unknown job, 400 unknown replica.
+        """
+        name = self.resolve(job)
+        entry = self.jobs.get(name)
+        runner: CustomJobRunner = entry.extra
+        # The state is read before the log: a job seen ended has written its last byte.
+        with self.store.lock:
+            state = JobState(entry.message.state)
+            error = entry.message.error.message
+            pool_sizes = [int(p.replica_count) for p in entry.message.job_spec.worker_pool_specs]
+        replicas = [f"workerpool{i}-{j}" for i, n in enumerate(pool_sizes) for j in range(n)]
+        if replica not in replicas:
+            raise errors.invalid_argument(f"Job {name} has no replica {replica!r}; it has "
+                                          f"{', '.join(replicas)}.")
+        log_dirs = [a.log_dir for a in list(runner.attempts)]
+        if tail is not None:
+            text, next_offset = logs.tail_log(log_dirs, replica, tail), offset
+            done = state in TERMINAL_STATES
+        else:
+            data, next_offset = logs.read_log(log_dirs, replica, offset)
+            text = data
+            done = state in TERMINAL_STATES and not data
+        return {"name": name, "replica": replica, "state": state.name, "error": error,
+                "text": text.decode("utf-8", errors="replace"), "offset": next_offset,
+                "done": done}
 
     def stop_all(self, *, grace_seconds: float) -> None:
         """Cancels every unfinished job and waits until its workers are gone.

@@ -15,6 +15,7 @@ from typing import Any
 # google.rpc.Code values used in `error.code` of jobs.
 CODE_CANCELLED = 1
 CODE_INVALID_ARGUMENT = 3
+CODE_DEADLINE_EXCEEDED = 4
 CODE_RESOURCE_EXHAUSTED = 8
 CODE_FAILED_PRECONDITION = 9
 CODE_INTERNAL = 13
@@ -96,6 +97,16 @@ def replica_exit_message(replica: str, exit_code: int) -> str:
     status = exit_code if exit_code >= 0 else 128 - exit_code
     return (f"The replica {replica} exited with a non-zero status of {status}. "
             "Termination reason: Error.")
+
+
+def timeout_message(timeout_seconds: float) -> str:
+    """The error of a job stopped for running past its `scheduling.timeout` (`code` 4).
+
+    Vertex AI documents the field as "the maximum job running time" but not the wording of
+    the error; this one names the limit and the field to raise.
+    """
+    return (f"The job exceeded its maximum running time (scheduling.timeout "
+            f"{timeout_seconds:g}s) and was stopped.")
 
 
 def quota_metric(machine_spec: dict[str, Any]) -> str:

@@ -12,6 +12,9 @@ decides the end, following Vertex AI's documented behaviour:
 - no capacity (stockout scenario): FAILED with code 8 after PENDING, no worker ever started;
 - an internal error (scenario): FAILED with code 13, "Internal error occurred for the current
   attempt.";
+- running past `scheduling.timeout` ("the maximum job running time", counted from the first
+  RUNNING, restarts included): the workers are stopped like a preemption and the job is
+  FAILED with code 4 (DEADLINE_EXCEEDED);
 - cancel: CANCELLING, workers stopped like a preemption, then CANCELLED with code 1.
 
 During a restart the job stays RUNNING; `startTime` is the first time it entered RUNNING.
@@ -30,7 +33,7 @@ from typing import Any
 from google.cloud.aiplatform_v1.types import JobState
 
 from vertex_patterns.emulators.vertex import errors
-from vertex_patterns.emulators.vertex.codec import stamp, to_dict, to_snake_dict
+from vertex_patterns.emulators.vertex.codec import seconds, stamp, to_dict, to_snake_dict
 from vertex_patterns.emulators.vertex.scenario import FaultPlan, Scenario
 from vertex_patterns.emulators.vertex.workers import WorkerGroup
 
@@ -128,6 +131,7 @@ class CustomJobRunner(threading.Thread):
         with self.lock:
             spec = to_dict(self.message)["jobSpec"]
             spec_snake = to_snake_dict(self.message.job_spec)
+            timeout = seconds(self.message.job_spec.scheduling.timeout)
         first_run: float | None = None
         transient_restarts = 0
         while True:
@@ -155,7 +159,8 @@ class CustomJobRunner(threading.Thread):
             internal = self.plan.internal_error_after_seconds
             outcome = self._watch(self._group,
                                   preempt_at=None if delay is None else now + delay,
-                                  internal_at=None if internal is None else first_run + internal)
+                                  internal_at=None if internal is None else first_run + internal,
+                                  timeout_at=first_run + timeout if timeout > 0 else None)
             attempt.ended, attempt.exit_codes = time.time(), self._group.exit_codes()
             attempt.outcome = outcome.kind
             self._group = None
@@ -166,6 +171,9 @@ class CustomJobRunner(threading.Thread):
             if outcome.kind == "internal_error":
                 return self._finish(JobState.JOB_STATE_FAILED, errors.CODE_INTERNAL,
                                     errors.INTERNAL_ERROR_MESSAGE)
+            if outcome.kind == "timed_out":
+                return self._finish(JobState.JOB_STATE_FAILED, errors.CODE_DEADLINE_EXCEEDED,
+                                    errors.timeout_message(timeout))
             if outcome.kind == "preempted":
                 self.preemptions += 1
                 if self.preemptions > self.max_preemption_restarts:
@@ -184,8 +192,9 @@ class CustomJobRunner(threading.Thread):
                 return self._cancelled()
 
     def _watch(self, group: WorkerGroup, *, preempt_at: float | None,
-               internal_at: float | None) -> _Outcome:
-        """Waits for the attempt to end: success, a failed replica, a fault or a cancel."""
+               internal_at: float | None, timeout_at: float | None) -> _Outcome:
+        """Waits for the attempt to end: success, a failed replica, a fault, the job's
+        `scheduling.timeout` (counted from its first RUNNING, restarts included) or a cancel."""
         grace = self.timings.grace_seconds
         primary = group.workers[0].replica.name
         while True:
@@ -198,6 +207,10 @@ class CustomJobRunner(threading.Thread):
             if internal_at is not None and now >= internal_at:
                 group.stop(grace_seconds=grace)
                 return _Outcome("internal_error")
+            if timeout_at is not None and now >= timeout_at:
+                log.info("job %s: past its scheduling.timeout", self.job_id)
+                group.stop(grace_seconds=grace)
+                return _Outcome("timed_out")
             if preempt_at is not None and now >= preempt_at:
                 log.info("job %s: preempting attempt %d", self.job_id, len(self.attempts))
                 group.stop(grace_seconds=grace)

@@ -3,8 +3,9 @@
 Paths are those of the SDK's REST transport (`aiplatform_v1.services.*.transports.rest_base`),
 under ``/v1/`` or ``/v1beta1/``. The emulator adds ``/_emulator/...``: ``health``, ``scenario``
 (PUT a scenario object to change faults and timings for jobs created afterwards) and
-``v1/{custom job name}`` (the job's attempts, pids and log directories); and Cloud Resource
-Manager's ``GET /v3/projects/ID``, which the SDK needs to check a pipeline root's owner.
+``v1/{custom job name}`` (the job's attempts, pids and log directories) and ``logs/{custom job
+name or ID}`` (a replica's stdout and stderr, see `logs`); and Cloud Resource Manager's
+``GET /v3/projects/ID``, which the SDK needs to check a pipeline root's owner.
 """
 
 from __future__ import annotations
@@ -17,18 +18,24 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from google.cloud.aiplatform_v1.types import CustomJob, PipelineJob, Schedule
+
 from vertex_patterns.emulators.vertex.codec import to_json
 from vertex_patterns.emulators.vertex.custom_jobs import CustomJobService
 from vertex_patterns.emulators.vertex.errors import ApiError, invalid_argument, unimplemented
 from vertex_patterns.emulators.vertex.pipeline_jobs import PipelineJobService
+from vertex_patterns.emulators.vertex.request_guard import check_loopback_bind, refusal
 from vertex_patterns.emulators.vertex.scenario import Scenario
 from vertex_patterns.emulators.vertex.schedules import ScheduleService
+from vertex_patterns.emulators.vertex.store import check_filter
 
 log = logging.getLogger("vertex_patterns.emulators.vertex")
 
 _LOC = r"(?P<parent>projects/[^/]+/locations/[^/:]+)"
 _V = r"^/v1(?:beta1)?/"
 Handler = Callable[[dict[str, str], dict[str, str], Any], Any]
+# What each collection holds, for checking list filters against its fields.
+_RESOURCE_TYPES = {"customJobs": CustomJob, "pipelineJobs": PipelineJob, "schedules": Schedule}
 
 
 class VertexApi:
@@ -91,6 +98,7 @@ class VertexApi:
             ("PUT", r"^/_emulator/scenario$", lambda g, q, b: self._put_scenario(b)),
             ("GET", rf"^/_emulator/v1/(?P<name>{_LOC}/customJobs/[^/:]+)$",
              lambda g, q, b: cj.record(g["name"])),
+            ("GET", r"^/_emulator/logs/(?P<job>.+)$", lambda g, q, b: self._log(g["job"], q)),
         ]
         self._routes = [(m, re.compile(p), h) for m, p, h in routes]
 
@@ -117,6 +125,7 @@ class VertexApi:
             size = int(query.get("pageSize", "0") or 0)
         except ValueError:
             raise invalid_argument(f"Invalid page_size {query['pageSize']!r}") from None
+        check_filter(query.get("filter", ""), _RESOURCE_TYPES[key])
         items, token = lister(groups["parent"], filter_expression=query.get("filter", ""),
                               page_size=size, page_token=query.get("pageToken", ""))
         enums_as_ints = "enum-encoding=int" in query.get("$alt", "")
@@ -124,6 +133,15 @@ class VertexApi:
         if token:
             out["nextPageToken"] = token
         return out
+
+    def _log(self, job: str, query: dict[str, str]) -> dict[str, Any]:
+        try:
+            offset = int(query.get("offset", "0") or 0)
+            tail = int(query["tail"]) if query.get("tail") else None
+        except ValueError:
+            raise invalid_argument("offset and tail must be integers") from None
+        return self.custom_jobs.log(job, replica=query.get("replica", "workerpool0-0"),
+                                    offset=offset, tail=tail)
 
     def _put_scenario(self, body: Any) -> dict[str, Any]:
         try:
@@ -135,16 +153,26 @@ class VertexApi:
 
 
 def make_server(host: str, port: int, api: VertexApi) -> ThreadingHTTPServer:
-    """A threading HTTP server on `host:port` that serves `api`.
+    """A threading HTTP server on `host:port` that serves `api` to local clients only.
+
+    Requests a web page could send are refused before they are read (`request_guard`).
 
     Raises:
         OSError: The port is taken.
+        ValueError: `host` is not a loopback address.
     """
+    check_loopback_bind(host)
 
     class RequestHandler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
         def _serve(self) -> None:
+            refused = refusal(self.command, self.headers, listen_host=host, listen_port=port)
+            if refused is not None:
+                # The body is never read: close the connection instead of draining it.
+                self.close_connection = True
+                log.warning("refused %s %s: %s", self.command, self.path, refused.message)
+                return self._reply(refused.http_status, refused.body())
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length) if length else b""
             try:
@@ -154,10 +182,15 @@ def make_server(host: str, port: int, api: VertexApi) -> ThreadingHTTPServer:
                     f"Invalid JSON payload received. {exc.msg}.").body()
             else:
                 status, payload = api.dispatch(self.command, self.path, body)
+            self._reply(status, payload)
+
+        def _reply(self, status: int, payload: dict[str, Any]) -> None:
             data = json.dumps(payload).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json; charset=UTF-8")
             self.send_header("Content-Length", str(len(data)))
+            if self.close_connection:
+                self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(data)
 

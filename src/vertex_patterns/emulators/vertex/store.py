@@ -101,18 +101,12 @@ def _camel(name: str) -> str:
     return _SNAKE.sub(lambda m: m.group(1).upper(), name)
 
 
-def parse_filter(expression: str) -> Callable[[dict[str, Any]], bool]:
-    """A predicate over a resource's JSON for a list `filter` of ``field=value`` clauses.
+def _snake(name: str) -> str:
+    return re.sub(r"(?<=[a-z0-9])([A-Z])", lambda m: "_" + m.group(1).lower(), name)
 
-    Supports ``=`` and ``!=``, values quoted or bare, clauses joined by AND; field names in
-    snake_case or camelCase, ``labels.KEY`` included (what the SDK's list helpers send).
 
-    Raises:
-        ApiError: 400 for anything else (OR, NOT, comparisons, functions).
-    """
-    expression = expression.strip()
-    if not expression:
-        return lambda _resource: True
+def _clauses(expression: str) -> list[tuple[list[str], str, str]]:
+    """The (field path, operator, value) clauses of a filter; 400 when it does not parse."""
     clauses = []
     for part in re.split(r"\s+AND\s+", expression, flags=re.IGNORECASE):
         m = _CLAUSE.match(part)
@@ -120,9 +114,61 @@ def parse_filter(expression: str) -> Callable[[dict[str, Any]], bool]:
             raise invalid_argument(f"Unsupported filter: {expression!r} (the emulator "
                                    "supports field=value and field!=value joined by AND)")
         key, op, value = m.groups()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+        if value[0] in "\"'":
+            if len(value) < 2 or value[-1] != value[0] or value[0] in value[1:-1]:
+                raise invalid_argument(f"Invalid filter {expression!r}: unbalanced quotes in "
+                                       f"{value}")
             value = value[1:-1]
+        elif any(c in value for c in "\"'() "):
+            raise invalid_argument(f"Invalid filter {expression!r}: quote the value {value}")
         clauses.append((key.split("."), op, value))
+    return clauses
+
+
+def check_filter(expression: str, message_type: Any) -> None:
+    """Checks a list filter against the fields of `message_type` (a proto-plus type).
+
+    A filter naming a field the resource does not have, or an enum value its field does not
+    have, would match nothing; Vertex AI answers 400 instead, and so does the emulator.
+
+    Raises:
+        ApiError: 400 naming the field or value.
+    """
+    if not expression.strip():
+        return
+    for path, _op, value in _clauses(expression.strip()):
+        descriptor = message_type.pb().DESCRIPTOR
+        for i, part in enumerate(path):
+            if descriptor is None:  # below a map such as labels: the keys are user strings
+                break
+            field = descriptor.fields_by_name.get(_snake(part)) or next(
+                (f for f in descriptor.fields if f.json_name == part), None)
+            if field is None:
+                raise invalid_argument(
+                    f"Unsupported field in filter {expression!r}: {'.'.join(path[:i + 1])} "
+                    f"is not a field of {message_type.__name__}.")
+            if field.enum_type is not None and i == len(path) - 1 and \
+                    value not in field.enum_type.values_by_name:
+                raise invalid_argument(
+                    f"Invalid filter {expression!r}: {value!r} is not a value of "
+                    f"{field.enum_type.name}.")
+            is_map = field.message_type is not None and field.message_type.GetOptions().map_entry
+            descriptor = None if is_map else field.message_type
+
+
+def parse_filter(expression: str) -> Callable[[dict[str, Any]], bool]:
+    """A predicate over a resource's JSON for a list `filter` of ``field=value`` clauses.
+
+    Supports ``=`` and ``!=``, values quoted or bare, clauses joined by AND; field names in
+    snake_case or camelCase, ``labels.KEY`` included (what the SDK's list helpers send).
+
+    Raises:
+        ApiError: 400 for anything else (OR, NOT, comparisons, functions, unbalanced quotes).
+    """
+    expression = expression.strip()
+    if not expression:
+        return lambda _resource: True
+    clauses = _clauses(expression)
 
     def matches(resource: dict[str, Any]) -> bool:
         for path, op, value in clauses:

@@ -1,5 +1,10 @@
 """Checks Vertex AI makes on a create request beyond the JSON schema the protos enforce.
 
+Machine types and the accelerators each takes come from the launcher's catalog
+(`vertex_patterns.launcher.catalog`), so the emulator refuses what the launcher refuses; a
+machine type outside its families is refused rather than guessed at. Image URIs must be
+container image references (`images.is_valid_reference`).
+
 Errors are collected and reported together, in the "List of found errors" form Vertex AI's
 validator uses, with snake_case field paths from the request root (``custom_job.…``).
 """
@@ -10,6 +15,8 @@ import re
 from typing import Any
 
 from vertex_patterns.emulators.vertex.errors import field_errors, invalid_argument
+from vertex_patterns.emulators.vertex.images import is_valid_reference
+from vertex_patterns.errors import ConfigError
 
 REQUIRED = "Required field is not set."
 PIPELINE_JOB_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,127}$")
@@ -54,6 +61,8 @@ def _check_pool(pool: dict[str, Any], where: str) -> list[tuple[str, str]]:
     if count > 0 and accelerator == "ACCELERATOR_TYPE_UNSPECIFIED":
         problems.append((f"{where}.machine_spec.accelerator_type",
                          "Must be set when accelerator_count is positive."))
+    if machine.get("machineType") and not problems:
+        problems.extend(_check_machine(machine, where))
     if int(pool.get("replicaCount", 0)) < 1:
         problems.append((f"{where}.replica_count", "Must be at least 1."))
     has_container = "containerSpec" in pool
@@ -61,15 +70,57 @@ def _check_pool(pool: dict[str, Any], where: str) -> list[tuple[str, str]]:
     if has_container == has_package:
         problems.append((f"{where}.task",
                          "Exactly one of container_spec or python_package_spec must be set."))
-    elif has_container and not pool["containerSpec"].get("imageUri"):
-        problems.append((f"{where}.container_spec.image_uri", REQUIRED))
-    elif has_package:
+    elif has_container:
+        problems.extend(_check_image(pool["containerSpec"].get("imageUri", ""),
+                                     f"{where}.container_spec.image_uri"))
+    else:
         package = pool["pythonPackageSpec"]
-        for key, name in (("executorImageUri", "executor_image_uri"),
-                          ("pythonModule", "python_module")):
-            if not package.get(key):
-                problems.append((f"{where}.python_package_spec.{name}", REQUIRED))
+        if not package.get("pythonModule"):
+            problems.append((f"{where}.python_package_spec.python_module", REQUIRED))
+        problems.extend(_check_image(package.get("executorImageUri", ""),
+                                     f"{where}.python_package_spec.executor_image_uri"))
     return problems
+
+
+def _check_image(uri: str, where: str) -> list[tuple[str, str]]:
+    if not uri:
+        return [(where, REQUIRED)]
+    if not is_valid_reference(uri):
+        return [(where, f"Invalid image URI {uri!r}: expected a container image reference "
+                        "such as us-docker.pkg.dev/PROJECT/REPOSITORY/IMAGE:TAG.")]
+    return []
+
+
+def _check_machine(machine: dict[str, Any], where: str) -> list[tuple[str, str]]:
+    """The launcher's catalog decides which machine types exist and what they take."""
+    from vertex_patterns.launcher.catalog import allowed_accelerators, requires_accelerator
+
+    machine_type = machine["machineType"]
+    accelerator = machine.get("acceleratorType", "ACCELERATOR_TYPE_UNSPECIFIED")
+    count = int(machine.get("acceleratorCount", 0))
+    try:
+        allowed = allowed_accelerators(machine_type)
+    except ConfigError:
+        return [(f"{where}.machine_spec.machine_type",
+                 f'Machine type "{machine_type}" is not supported.')]
+    if accelerator == "ACCELERATOR_TYPE_UNSPECIFIED":
+        if requires_accelerator(machine_type):
+            ((kind, counts),) = allowed.items()
+            return [(f"{where}.machine_spec.accelerator_type",
+                     f'Machine type "{machine_type}" requires accelerator_type {kind} with '
+                     f"accelerator_count {counts[0]}.")]
+        return []
+    if accelerator not in allowed:
+        offer = ", ".join(sorted(allowed)) or "no accelerators"
+        return [(f"{where}.machine_spec.accelerator_type",
+                 f'Accelerator "{accelerator}" is not supported for machine type '
+                 f'"{machine_type}" (it takes {offer}).')]
+    if count not in allowed[accelerator]:
+        takes = ", ".join(str(c) for c in allowed[accelerator])
+        return [(f"{where}.machine_spec.accelerator_count",
+                 f"{count} x {accelerator} is not supported for machine type "
+                 f'"{machine_type}" (it takes {takes}).')]
+    return []
 
 
 def check_pipeline_job(job: dict[str, Any], root: str = "pipeline_job") -> None:

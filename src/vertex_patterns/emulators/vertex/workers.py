@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from vertex_patterns.emulators.gcs import free_port
+from vertex_patterns.emulators.vertex.images import resolve_image
 
 # TF_CONFIG names the pools as TensorFlow's distribution strategies know them.
 _TF_TASK_TYPES = ("chief", "worker", "ps", "evaluator")
@@ -58,16 +59,20 @@ def plan_replicas(pools: list[dict[str, Any]]) -> list[Replica]:
 def command_of(pool: dict[str, Any]) -> list[str]:
     """The argv a pool's replicas run.
 
+    A `containerSpec` without `command` runs its image's entrypoint as `images.resolve_image`
+    maps it (the project's image: the ``vertex-patterns`` command).
+
     Raises:
-        ValueError: The pool has no command the emulator can run (an image's own entrypoint).
+        UnrunnableImageError: No command, and an image the emulator cannot stand in for.
     """
     if "containerSpec" in pool:
         spec = pool["containerSpec"]
-        argv = [*spec.get("command", []), *spec.get("args", [])]
-        if not spec.get("command"):
-            raise ValueError(
-                f"containerSpec of image {spec.get('imageUri', '?')} has no command: the "
-                "emulator runs commands, not images; give the entrypoint as `command`")
+        command = list(spec.get("command", []))
+        if not command:
+            # The image's own ENTRYPOINT, for the images the emulator can stand in for;
+            # UnrunnableImageError (a ValueError) says which image and why not.
+            command = list(resolve_image(spec.get("imageUri", "")).entrypoint)
+        argv = [*command, *spec.get("args", [])]
     else:
         spec = pool["pythonPackageSpec"]
         argv = ["python", "-m", spec["pythonModule"], *spec.get("args", [])]
