@@ -1,8 +1,8 @@
 """The run report, from a real small run: the Spot launcher on the Vertex AI emulator runs the
 real trainer with run dirs on the GCS emulator; region 1 stocks out, region 2 preempts, region 3
-resumes and finishes. The trainer is digits, paused 0.25 s a batch in region 2 only, so the
-preemption 15 s into region 2's job lands after its first steps (even on a loaded machine) and
-always before its 80 steps are done; region 3 then trains the rest at full speed.
+resumes and finishes. The trainer is digits, paused in region 2 only so that the preemption
+15 s into region 2's job always lands before its 80 steps are done (and, on any but a very
+loaded machine, after its first ones); region 3 then trains the rest at full speed.
 
 Invariants: every figure of the summary is what the run's files say; the HTML page is
 self-contained and each of its plots really draws (headless Chromium measures the marks);
@@ -46,9 +46,10 @@ CONTRACT_KEYS = {"state", "regions_used", "preemptions", "steps", "goodput_pct",
                  "tasks"}
 
 
-@pytest.fixture(scope="module")
-def real_run(gcs_emulator, vertex_emulator):
-    """One launch (stockout, preemption, resume) whose history lies on the GCS emulator."""
+def launch(vertex_emulator, preempt_after_s: float):
+    """One launch over fresh buckets: R1 stocks out, R2 is preempted `preempt_after_s` into
+    its job, R3 finishes. R2 pauses `preempt_after_s / MAX_STEPS` a batch, so even with no
+    startup time it could not finish before the preemption."""
     store = Storage()
     stem = f"rp{uuid.uuid4().hex[:8]}"
     for region in REGIONS:
@@ -56,25 +57,40 @@ def real_run(gcs_emulator, vertex_emulator):
     template = f"gs://{stem}-{{region}}/runs/digits"
     vertex_emulator.set_scenario(Scenario(
         seed=1, regions={R1: RegionFaults(stockout_strategies=("SPOT",)),
-                         R2: RegionFaults(preempt_after_seconds=(15.0,))},
+                         R2: RegionFaults(preempt_after_seconds=(preempt_after_s,))},
         timings=Timings(**VERTEX_TEST_TIMINGS), max_preemption_restarts=0))
     command = ("python", "-m", "vertex_patterns.train", "--workload", "paced_digits:build",
                "--run-dir", "{run_dir}", "--max-steps", str(MAX_STEPS),
                "--checkpoint-every-steps", "10", "--seed", "1", "--grace-seconds", "1.8",
                "--grace-margin-seconds", "0.3")
+    env = (("PYTHONPATH", HELPERS), ("PACED_SLOW_REGION", R2),
+           ("PACED_PAUSE_S", str(preempt_after_s / MAX_STEPS)), ("OMP_NUM_THREADS", "1"))
     spec = JobSpec(display_name=stem, image="{region}-docker.pkg.dev/emu/trainer:1",
-                   machine_type="n1-standard-4", command=command,
-                   env=(("PYTHONPATH", HELPERS), ("PACED_SLOW_REGION", R2),
-                        ("OMP_NUM_THREADS", "1")))
+                   machine_type="n1-standard-4", command=command, env=env)
     policy = LaunchPolicy(project="emu-project", regions=REGIONS, run_dir_template=template,
                           poll_seconds=0.2)
     try:
         history = Launcher(spec, policy).run()
     finally:
         vertex_emulator.reset_scenario()
-    assert [a.outcome for a in history.attempts] == ["stockout", "preempted", "succeeded"]
-    history_uri = f"gs://{stem}-{R1}/runs/history.json"
-    store.write_bytes(history_uri, history.to_json().encode())
+    return template, history
+
+
+@pytest.fixture(scope="module")
+def real_run(gcs_emulator, vertex_emulator):
+    """One launch (stockout, preemption, resume) whose history lies on the GCS emulator.
+
+    The preemption comes 15 s into region 2's job. On a machine so loaded that the trainer
+    had not reached its first step by then (nothing to resume from), the launch is made once
+    more with 40 s: the report needs a run that resumed.
+    """
+    for preempt_after_s in (15.0, 40.0):
+        template, history = launch(vertex_emulator, preempt_after_s)
+        assert [a.outcome for a in history.attempts] == ["stockout", "preempted", "succeeded"]
+        if any(r.steps for r in read_attempts(template.format(region=R2))):
+            break
+    history_uri = f"{template.format(region=R1)}/history.json"
+    Storage().write_bytes(history_uri, history.to_json().encode())
     return history_uri, template, history
 
 
@@ -249,12 +265,13 @@ class TestTextRenderings:
 
 class TestRunThatFailedEarly:
     """Nothing written yet (no history, empty buckets): the report still renders, in every
-    form, and names what is missing instead of failing."""
+    form, and names what is missing instead of failing; the error text is escaped."""
 
     def test_renders_what_exists(self, store, make_bucket) -> None:
         stem = make_bucket("early")
+        error = "replicate-data: no bucket <script>alert(1)</script>"
         report = publish_report(f"gs://{stem}/history.json", f"gs://{stem}/{{region}}/run",
-                                [R1, R2], state="FAILED", error="replicate-data: no bucket")
+                                [R1, R2], state="PIPELINE_STATE_FAILED", error=error)
         summary = report.summary
         assert summary.state == "FAILED" and summary.steps is None
         assert summary.goodput_pct is None and summary.model_uri is None
@@ -262,6 +279,8 @@ class TestRunThatFailedEarly:
         assert any(m.startswith(f"launch history gs://{stem}/history.json")
                    for m in summary.missing)
         assert 'class="plot"' not in report.html and "Not available" in report.html
+        # Text from the run is escaped: the one script on the page is the report's own.
+        assert "<script>alert" not in report.html and report.html.count("<script>") == 1
         assert "replicate-data: no bucket" in report.markdown
         assert "launch history" in report.table
 

@@ -247,6 +247,41 @@ def _overhead(tasks: list[TaskRun], job_seconds: float | None) -> Overhead | Non
                     overhead_pct=round(100 * overhead / wall, 2))
 
 
+def normalize_state(state: str) -> str:
+    """``PIPELINE_STATE_FAILED``/``failed`` -> ``FAILED``: one spelling on the page."""
+    return state.strip().upper().removeprefix("PIPELINE_STATE_") or "UNKNOWN"
+
+
+def _checkpoint_uri(copies: list[CheckpointCopy]) -> str | None:
+    """The newest committed checkpoint of the final region (the first copy)."""
+    if not copies or copies[0].latest_step is None:
+        return None
+    from vertex_patterns.checkpoint.layout import step_dir_name
+
+    return f"{copies[0].uri}/{step_dir_name(copies[0].latest_step)}"
+
+
+def _timed_attempts(raw: list[dict[str, Any]], tasks: list[TaskRun]
+                    ) -> tuple[list[Attempt], float | None]:
+    """The history's attempts with times relative to the origin: the earliest start of an
+    attempt or a task (None when nothing has a readable time)."""
+    starts = [parse_time(a.get("started")) for a in raw]
+    starts += [parse_time(t.start_time) for t in tasks]
+    origin = min((s for s in starts if s is not None), default=None)
+
+    def rel(value: Any) -> float | None:
+        t = parse_time(value)
+        return None if t is None or origin is None else round(t - origin, 3)
+
+    attempts = [Attempt(region=str(a.get("region", "")), strategy=str(a.get("strategy", "")),
+                        outcome=str(a.get("outcome", "")), job=str(a.get("job") or ""),
+                        error=a.get("error"), started=str(a.get("started") or ""),
+                        ended=str(a.get("ended") or ""), start_s=rel(a.get("started")),
+                        end_s=rel(a.get("ended")))
+                for a in raw]
+    return attempts, origin
+
+
 def collect_run_summary(
     history_uri: str,
     run_dir_template: str,
@@ -290,10 +325,11 @@ def collect_run_summary(
     used = list(dict.fromkeys(str(a.get("region")) for a in raw_attempts
                               if a.get("job") and a.get("outcome") not in _NEVER_RAN))
     final = (history.final_region if history else None) or (used[-1] if used else None)
+    succeeded = history is not None and history.final_outcome == "succeeded"
 
     loss = reader.loss()
     records, region_of = reader.ledger()
-    goodput = markers = None
+    goodput, markers = None, []
     if records:
         from vertex_patterns.training.goodput_summary import summarize
 
@@ -301,47 +337,28 @@ def collect_run_summary(
         goodput, markers = _goodput(ledger), _markers(ledger.attempts, region_of)
     elif history is not None:
         reader.missing.append("goodput: no attempt records in any region's run directory")
-    model_uri, final_eval, model_step = reader.model(final) if final and history and \
-        history.final_outcome == "succeeded" else (None, {}, None)
+    model_uri, final_eval, model_step = reader.model(final) if final and succeeded \
+        else (None, {}, None)
     copies = reader.checkpoints(final) if final else []
     primary_step = copies[0].latest_step if copies else None
-    checkpoint_uri = None
-    if primary_step is not None:
-        from vertex_patterns.checkpoint.layout import step_dir_name
-
-        checkpoint_uri = f"{copies[0].uri}/{step_dir_name(primary_step)}"
     reached = [s for s in (model_step, primary_step) if s is not None]
     reached += [p[0] for s in loss for p in s.points[-1:]]
     reached += [r.last_step for r in records if r.last_step is not None]
 
     task_runs = _tasks(tasks)
-    starts = [parse_time(a.get("started")) for a in raw_attempts]
-    starts += [parse_time(t.start_time) for t in task_runs]
-    origin = min((s for s in starts if s is not None), default=None)
-
-    def rel(value: Any) -> float | None:
-        t = parse_time(value)
-        return None if t is None or origin is None else round(t - origin, 3)
-
-    attempts = [Attempt(region=str(a.get("region", "")), strategy=str(a.get("strategy", "")),
-                        outcome=str(a.get("outcome", "")), job=str(a.get("job") or ""),
-                        error=a.get("error"), started=str(a.get("started") or ""),
-                        ended=str(a.get("ended") or ""), start_s=rel(a.get("started")),
-                        end_s=rel(a.get("ended")))
-                for a in raw_attempts]
+    attempts, origin = _timed_attempts(raw_attempts, task_runs)
     if state is None:
-        state = "UNKNOWN" if history is None else \
-            "SUCCEEDED" if history.final_outcome == "succeeded" else "FAILED"
-    if error is None and history is not None and history.final_outcome != "succeeded":
+        state = "UNKNOWN" if history is None else "SUCCEEDED" if succeeded else "FAILED"
+    if error is None and history is not None and not succeeded:
         error = next((a.error for a in reversed(attempts) if a.error), None)
     return RunSummary(
-        state=state, error=error or None, regions=list(regions), regions_used=used,
-        preemptions=sum(a.outcome == "preempted" for a in attempts),
+        state=normalize_state(state), error=error or None, regions=list(regions),
+        regions_used=used, preemptions=sum(a.outcome == "preempted" for a in attempts),
         stockouts=sum(a.outcome == "stockout" for a in attempts),
         steps=max(reached) if reached else None,
         goodput_pct=None if goodput is None else round(goodput.goodput_pct, 3),
-        model_uri=model_uri, checkpoint_uri=checkpoint_uri, final_region=final,
+        model_uri=model_uri, checkpoint_uri=_checkpoint_uri(copies), final_region=final,
         final_eval=final_eval, tasks=task_runs, attempts=attempts, loss=loss,
-        markers=markers or [], goodput=goodput, checkpoints=copies,
+        markers=markers, goodput=goodput, checkpoints=copies,
         overhead=_overhead(task_runs, job_seconds), origin=origin, history_uri=history_uri,
         run_dir_template=run_dir_template, missing=reader.missing)
