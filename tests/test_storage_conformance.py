@@ -1,4 +1,6 @@
-"""One conformance suite, run against both backends: local disk and the GCS emulator."""
+"""One conformance suite, run against both backends: local disk and GCS, the latter on each
+of two independent emulators (fake-gcs-server and gcp-storage-emulator, both behind the
+front that adds what GCS does and they do not)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,11 @@ from conftest import read_tree, write_tree
 from vertex_patterns.errors import NotFoundError
 from vertex_patterns.storage import Storage, crc32c_bytes, crc32c_file
 from vertex_patterns.storage.crc_cache import RACY_WINDOW_NS, cached_crc32c
+
+
+@pytest.fixture(autouse=True)
+def _on_each_emulator(each_gcs_emulator) -> None:
+    """Every test here runs once per GCS emulator (STORAGE_EMULATOR_HOST set for it)."""
 
 
 class TestReadWriteList:

@@ -79,6 +79,12 @@ def add_emulators(sub: Any) -> None:
     up.add_argument("--scenario", metavar="FILE",
                     help="Vertex AI fault scenario (JSON: seed, regions, timings)")
     up.add_argument("--only", choices=["gcs", "vertex"], help="start only this emulator")
+    up.add_argument("--gcs-emulator", choices=["fake-gcs-server", "gcp-storage-emulator"],
+                    default="fake-gcs-server",
+                    help="which GCS emulator serves behind the front (fake-gcs-server)")
+    up.add_argument("--gcs-stock", action="store_true",
+                    help="serve the GCS emulator as published, without the front that adds "
+                    "preconditions, split rewrites and batches (for benchmarks)")
     up.set_defaults(handler=run_emulators_up)
 
 
@@ -86,7 +92,8 @@ def run_emulators_up(args: argparse.Namespace) -> int:
     from vertex_patterns.emulators.serve import serve_forever
 
     serve_forever(gcs_port=args.gcs_port, data_dir=args.data_dir, vertex_port=args.vertex_port,
-                  scenario_path=args.scenario, only=args.only)
+                  scenario_path=args.scenario, only=args.only,
+                  gcs_emulator=args.gcs_emulator, gcs_stock=args.gcs_stock)
     return EXIT_OK
 
 
