@@ -218,8 +218,10 @@ def _start_fake_gcs_server(host: str, port: int, data_dir: str | None) -> Any:
         args += ["-backend", "memory"]
     else:
         args += ["-backend", "filesystem", "-filesystem-root", data_dir]
+    # In this process's group (signals to the group reach it) and, on Linux, told to end
+    # when this process does, so a killed `emulators up` leaves no server behind.
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+                            preexec_fn=_end_with_parent)
 
     def stop() -> None:
         if proc.poll() is None:
@@ -242,6 +244,15 @@ def _start_fake_gcs_server(host: str, port: int, data_dir: str | None) -> Any:
                 stop()
                 raise
             time.sleep(0.02)
+
+
+def _end_with_parent() -> None:
+    """In the child before exec: SIGTERM when the parent exits (Linux prctl PDEATHSIG)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _start_python_emulator(host: str, port: int, data_dir: str | None, *, stock: bool
@@ -333,6 +344,10 @@ class GcsEmulator:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
+        # The child leads its own process group: whatever it started (the fake-gcs-server
+        # binary) goes with it.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._proc.pid, signal.SIGKILL)
         if self._proc.stdout is not None:
             with contextlib.suppress(OSError):
                 self._proc.stdout.close()
