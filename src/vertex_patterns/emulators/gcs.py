@@ -194,7 +194,8 @@ def start_gcs_server(
     from vertex_patterns.emulators.gcs_front import GcsFront
 
     try:
-        front = GcsFront(f"http://{host}:{inner}", host=host, port=port).start()
+        front = GcsFront(f"http://{host}:{inner}", host=host, port=port,
+                         upstream_checks_uploads=kind == "fake-gcs-server").start()
     except BaseException:
         stop_inner()
         raise

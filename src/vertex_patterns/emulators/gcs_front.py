@@ -117,10 +117,14 @@ class GcsFront:
         host: Interface to listen on (loopback).
         port: Port; 0 picks a free one (`url` tells which).
         rewrite_chunk: Bytes a rewrite call copies by default (GCS-like token loop above).
+        upstream_checks_uploads: The upstream honours the preconditions of one-request
+            uploads itself (fake-gcs-server does; not those of resumable uploads, seen
+            2026-12-01): those are then forwarded unchecked, saving a metadata request each.
     """
 
     def __init__(self, upstream: str, *, host: str = "127.0.0.1", port: int = 0,
-                 rewrite_chunk: int = REWRITE_CHUNK) -> None:
+                 rewrite_chunk: int = REWRITE_CHUNK,
+                 upstream_checks_uploads: bool = False) -> None:
         parts = urllib.parse.urlsplit(upstream)
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"upstream must be http://host:port, got {upstream!r}")
@@ -128,6 +132,7 @@ class GcsFront:
         self._up_host = parts.hostname
         self._up_port = parts.port or 80
         self.rewrite_chunk = rewrite_chunk
+        self.upstream_checks_uploads = upstream_checks_uploads
         self._host, self._port = host, port
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -253,7 +258,8 @@ class GcsFront:
             if damaged is not None:
                 return damaged
             name = query.get("name") or _upload_name(body)
-            if name is None:
+            one_request = query.get("uploadType") in ("media", "multipart")
+            if name is None or (one_request and self.upstream_checks_uploads):
                 return self.send(*forward)
             return self._write(m["b"], urllib.parse.quote(name, safe=""), query, forward)
         if (m := _OBJECT.match(path) or _DOWNLOAD.match(path)) is not None:
