@@ -134,7 +134,7 @@ class GcsFront:
         self.rewrite_chunk = rewrite_chunk
         self.upstream_checks_uploads = upstream_checks_uploads
         self._host, self._port = host, port
-        self._server: ThreadingHTTPServer | None = None
+        self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._local = threading.local()
         self._guard = threading.Lock()
@@ -149,7 +149,7 @@ class GcsFront:
             pass
 
         Handler.front = front
-        server = ThreadingHTTPServer((self._host, self._port), Handler)
+        server = _Server((self._host, self._port), Handler)
         server.daemon_threads = True
         server.request_queue_size = 128
         self._server = server
@@ -438,6 +438,14 @@ def _upload_name(body: bytes) -> str | None:
     except (ValueError, AttributeError):
         return None
     return name if isinstance(name, str) else None
+
+
+class _Server(ThreadingHTTPServer):
+    """Logs a connection a client dropped (the fault proxy does so on purpose) instead of
+    printing its traceback."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.debug("gcs front: request from %s failed", client_address, exc_info=True)
 
 
 class _Handler(BaseHTTPRequestHandler):
