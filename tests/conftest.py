@@ -9,15 +9,16 @@ from collections.abc import Iterator
 
 import pytest
 
-from vertex_patterns.emulators.gcs import EMULATOR_ENV, GcsEmulator
+from vertex_patterns.emulators.gcs import DEFAULT_KIND, EMULATOR_ENV, KINDS, GcsEmulator
 from vertex_patterns.storage import Storage
 
 
 @pytest.fixture(scope="session")
 def gcs_emulator() -> Iterator[GcsEmulator]:
-    """gcp-storage-emulator as a child process; STORAGE_EMULATOR_HOST points at it."""
+    """The default GCS emulator (fake-gcs-server behind the front that adds preconditions,
+    split rewrites and batches) as a child process; STORAGE_EMULATOR_HOST points at it."""
     previous = os.environ.get(EMULATOR_ENV)
-    with GcsEmulator() as emulator:
+    with GcsEmulator(kind=DEFAULT_KIND) as emulator:
         os.environ[EMULATOR_ENV] = emulator.url
         try:
             yield emulator
@@ -26,6 +27,26 @@ def gcs_emulator() -> Iterator[GcsEmulator]:
                 os.environ.pop(EMULATOR_ENV, None)
             else:
                 os.environ[EMULATOR_ENV] = previous
+
+
+@pytest.fixture(scope="session")
+def other_gcs_emulator() -> Iterator[GcsEmulator]:
+    """The second, independent emulator (gcp-storage-emulator behind the same front), for
+    suites that run against both; started only when a test asks for it."""
+    other = next(k for k in KINDS if k != DEFAULT_KIND)
+    with GcsEmulator(kind=other) as emulator:
+        yield emulator
+
+
+@pytest.fixture(params=KINDS)
+def each_gcs_emulator(request: pytest.FixtureRequest, gcs_emulator: GcsEmulator,
+                      monkeypatch: pytest.MonkeyPatch) -> GcsEmulator:
+    """Each GCS emulator in turn; STORAGE_EMULATOR_HOST points at it for the test."""
+    if request.param == DEFAULT_KIND:
+        return gcs_emulator
+    emulator: GcsEmulator = request.getfixturevalue("other_gcs_emulator")
+    monkeypatch.setenv(EMULATOR_ENV, emulator.url)
+    return emulator
 
 
 @pytest.fixture

@@ -1,4 +1,6 @@
-"""One conformance suite, run against both backends: local disk and the GCS emulator."""
+"""One conformance suite, run against both backends: local disk and GCS, the latter on each
+of two independent emulators (fake-gcs-server and gcp-storage-emulator, both behind the
+front that adds what GCS does and they do not)."""
 
 from __future__ import annotations
 
@@ -8,9 +10,20 @@ import time
 import pytest
 
 from conftest import read_tree, write_tree
+from vertex_patterns.emulators.gcs import DEFAULT_KIND
 from vertex_patterns.errors import NotFoundError
 from vertex_patterns.storage import Storage, crc32c_bytes, crc32c_file
 from vertex_patterns.storage.crc_cache import RACY_WINDOW_NS, cached_crc32c
+
+
+@pytest.fixture(autouse=True)
+def _on_each_emulator(request: pytest.FixtureRequest, each_gcs_emulator) -> None:
+    """Every test here runs once per GCS emulator (STORAGE_EMULATOR_HOST set for it); the
+    local-disk variant only once."""
+    params = getattr(request.node, "callspec", None)
+    params = params.params if params is not None else {}
+    if params.get("root_uri") == "local" and params.get("each_gcs_emulator") != DEFAULT_KIND:
+        pytest.skip("local disk involves no emulator: run once")
 
 
 class TestReadWriteList:

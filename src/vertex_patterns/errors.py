@@ -49,3 +49,9 @@ class RetriesExhaustedError(StorageError):
 
 class IntegrityError(StorageError):
     """Bytes at the destination do not match the source checksum."""
+
+
+class StoppedError(VertexPatternsError):
+    """Work stopped on purpose before it finished (a save past its deadline was told to
+    stop): nothing it was doing was committed. An internal signal, never a failure of its
+    own; the caller that asked for the stop reports what it means."""

@@ -1,7 +1,21 @@
-"""Copying committed checkpoints to backup regions: data files first, manifest last.
+"""Copying committed checkpoints to backup regions, through the replica's commit protocol.
 
-Idempotent and resumable: a file already present with the same size and CRC32C is skipped,
-and a replica step becomes visible only when its manifest lands, after every data file.
+The one fan-out loop (`fan_out`), used by the manager after each save and by
+`vertex-patterns checkpoints fan-out` (`follow.py`). Per step:
+
+1. The source step is verified against its manifest first: every file present with the
+   manifest's size and CRC32C (GCS reports the CRC32C of the bytes it stores; a local file is
+   read). A damaged source step is not copied at all: it is reported in
+   `FanOutResult.damaged` and the replica keeps what it had.
+2. The files go into the replica's work location (`CommitProtocol.begin`: a fresh temporary
+   directory on local disk; on GCS the step, uncommitted first by deleting its manifest),
+   each copy verified against the manifest's CRC32C, so the check runs end to end, source
+   to destination. On GCS a file already there with the right size and CRC32C is skipped,
+   so an interrupted pass resumes without recopying.
+3. `CommitProtocol.commit` makes every file durable and commits with the manifest (local:
+   fsync, rename; a replica step being redone is moved aside whole, never overwritten in
+   place). A replica never lists a step whose content its manifest does not describe.
+
 gs→gs copies are server-side rewrites.
 """
 
@@ -9,19 +23,32 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
+from vertex_patterns.checkpoint.commit import commit_protocol, with_crc32c
 from vertex_patterns.checkpoint.io import list_committed, read_manifest
-from vertex_patterns.checkpoint.layout import MANIFEST, Manifest, join, step_dir_name
-from vertex_patterns.errors import NotFoundError
-from vertex_patterns.storage import Storage
+from vertex_patterns.checkpoint.layout import Manifest, join, step_dir_name
+from vertex_patterns.errors import IntegrityError, StorageError
+from vertex_patterns.storage import ObjectInfo, Storage
 
 log = logging.getLogger("vertex_patterns.checkpoint")
 
 
 @dataclass
 class FanOutResult:
-    """What one fan-out pass copied to one replica."""
+    """What fan-out passes copied to one replica (a running total over passes).
+
+    Attributes:
+        replica: The replica directory.
+        steps_copied: Steps committed on the replica.
+        files_copied: Files copied (not counting those found already right).
+        files_skipped: Files already on the replica with the right size and CRC32C.
+        bytes_copied: Bytes of the files copied.
+        bytes_through_client: Object bytes this process sent or received (measured).
+        damaged: Source steps not fanned out because they do not match their manifest,
+            step -> what is wrong (the latest finding).
+    """
 
     replica: str
     steps_copied: list[int]
@@ -29,6 +56,7 @@ class FanOutResult:
     files_skipped: int = 0
     bytes_copied: int = 0
     bytes_through_client: int = 0
+    damaged: dict[int, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -41,27 +69,68 @@ class ReplicaLag:
     seconds_behind: float
 
 
+class DamagedSourceError(StorageError):
+    """A source step's files do not match its manifest: it is not fanned out."""
+
+
+def verified_sources(store: Storage, step_uri: str, manifest: Manifest) -> list[ObjectInfo]:
+    """Each file of a source step as listed, checked against the manifest (size, CRC32C),
+    carrying the manifest's CRC32C so that its copy is verified against it.
+
+    Raises:
+        DamagedSourceError: Naming every missing or mismatching file.
+    """
+    problems: list[str] = []
+    sources: list[ObjectInfo] = []
+    for entry in manifest.files:
+        info = store.stat(join(step_uri, entry.name))
+        if info is None:
+            problems.append(f"{entry.name}: missing at the source")
+        elif info.size != entry.size:
+            problems.append(f"{entry.name}: {info.size} bytes, manifest says {entry.size}")
+        elif info.crc32c != entry.crc32c:
+            problems.append(f"{entry.name}: CRC32C {info.crc32c}, manifest says "
+                            f"{entry.crc32c}")
+        else:
+            sources.append(with_crc32c(info, entry.crc32c))
+    if problems:
+        raise DamagedSourceError(f"{step_uri}: does not match its manifest: "
+                                 + "; ".join(problems), uri=step_uri)
+    return sources
+
+
 def fan_out_step(
     store: Storage, source_dir: str, replica_dir: str, step: int, result: FanOutResult
 ) -> None:
-    """Copies one committed step to a replica; the replica's manifest is written last."""
+    """Copies one committed step to a replica and commits it there (see module).
+
+    Raises:
+        DamagedSourceError: The source step does not match its manifest (nothing written).
+        IntegrityError: A copy did not match the manifest (the replica's step stays
+            uncommitted, or on local disk untouched).
+        StorageError: A copy failed.
+    """
     src_step = join(source_dir, step_dir_name(step))
-    dst_step = join(replica_dir, step_dir_name(step))
     manifest = read_manifest(store, src_step)
-    for entry in manifest.files:
-        dst = join(dst_step, entry.name)
-        have = store.stat(dst)
-        if have is not None and have.size == entry.size and have.crc32c == entry.crc32c:
-            result.files_skipped += 1
-            continue
-        src = store.stat(join(src_step, entry.name))
-        if src is None:
-            raise NotFoundError(f"{src_step}/{entry.name}: missing at the source", uri=src_step)
-        copied = store.copy(src, dst)
-        result.files_copied += 1
-        result.bytes_copied += entry.size
-        result.bytes_through_client += copied.bytes_through_client
-    store.write_bytes(join(dst_step, MANIFEST), manifest.to_json())
+    sources = verified_sources(store, src_step, manifest)
+    replica = commit_protocol(store, replica_dir)
+    work = replica.begin(step, keep_matching=True)
+    files = replica.files(work)
+    try:
+        for entry, source in zip(manifest.files, sources, strict=True):
+            copied = files.copy_in(source, entry.name)
+            if copied is None:
+                result.files_skipped += 1
+                continue
+            result.files_copied += 1
+            result.bytes_copied += entry.size
+            result.bytes_through_client += copied.bytes_through_client
+        replica.commit(work, step, manifest, files)
+    except BaseException:
+        replica.abort(work)
+        raise
+    finally:
+        files.close()
     result.steps_copied.append(step)
 
 
@@ -70,24 +139,39 @@ def fan_out(
     source_dir: str,
     replica_dir: str,
     *,
-    steps: list[int] | None = None,
+    steps: Iterable[int] | None = None,
+    result: FanOutResult | None = None,
 ) -> FanOutResult:
-    """Copies every committed step of `source_dir` missing from `replica_dir`.
+    """Copies every committed step of `source_dir` that `replica_dir` lacks or holds with
+    other content, oldest first. A damaged source step is skipped and recorded in
+    `damaged`; any other failure stops the pass (a later pass resumes).
 
     Args:
         store: Storage facade.
         source_dir: The primary checkpoint directory.
         replica_dir: A backup directory (another region's bucket).
         steps: Only these steps (default: all committed at the source).
+        result: A running total to add to (follow mode); a new one by default.
+
+    Returns:
+        `result`, with this pass added.
     """
-    result = FanOutResult(replica=replica_dir, steps_copied=[])
+    result = result or FanOutResult(replica=replica_dir, steps_copied=[])
     source = list_committed(store, source_dir)
     have = list_committed(store, replica_dir)
-    wanted = sorted(source) if steps is None else sorted(s for s in steps if s in source)
+    wanted = sorted(source) if steps is None else sorted(set(steps) & set(source))
+    for gone in set(result.damaged) - set(source):  # no longer at the source: not pending
+        del result.damaged[gone]
     for step in wanted:
         if step in have and same_checkpoint(have[step], source[step]):
             continue
-        fan_out_step(store, source_dir, replica_dir, step, result)
+        try:
+            fan_out_step(store, source_dir, replica_dir, step, result)
+        except (DamagedSourceError, IntegrityError) as exc:
+            result.damaged[step] = str(exc)
+            log.error("checkpoint step %d not fanned out to %s: %s", step, replica_dir, exc)
+            continue
+        result.damaged.pop(step, None)
         log.info("checkpoint step %d replicated to %s", step, replica_dir)
     return result
 

@@ -11,13 +11,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from vertex_patterns.checkpoint.fanout import (
-    FanOutResult,
-    ReplicaLag,
-    fan_out_step,
-    replica_lag,
-    same_checkpoint,
-)
+from vertex_patterns.checkpoint.fanout import FanOutResult, ReplicaLag, fan_out, replica_lag
 from vertex_patterns.checkpoint.inspect import checkpoint_dir, replica_dirs, require_bucket
 from vertex_patterns.checkpoint.io import list_committed
 from vertex_patterns.errors import ConfigError, StorageError
@@ -185,22 +179,22 @@ def _exists(store: Storage, uri: str) -> bool:
 
 
 def _fan_out_pass(store: Storage, source: str, totals: list[FanOutResult]) -> dict[str, str]:
-    """`fanout.fan_out` to each replica, step by step into the running totals, so what a
-    pass copied before failing is still counted."""
+    """`fanout.fan_out` to each replica into its running total, so what a pass copied
+    before failing is still counted. A damaged source step counts as an error of the pass."""
     errors: dict[str, str] = {}
     for total in totals:
         try:
-            committed = list_committed(store, source)
-            have = list_committed(store, total.replica)
-            for step in sorted(committed):
-                if step in have and same_checkpoint(have[step], committed[step]):
-                    continue
-                fan_out_step(store, source, total.replica, step, total)
-                log.info("checkpoint step %d replicated to %s", step, total.replica)
+            fan_out(store, source, total.replica, result=total)
         except _PASS_ERRORS as exc:
             log.warning("fan-out to %s failed (retried at the next pass): %s", total.replica,
                         exc)
             errors[total.replica] = str(exc)
+            continue
+        if total.damaged:
+            errors[total.replica] = "; ".join(
+                f"step {step} not copied: {why}" for step, why in sorted(total.damaged.items()))
+            log.warning("fan-out to %s left damaged source steps %s (retried at the next "
+                        "pass)", total.replica, sorted(total.damaged))
     return errors
 
 

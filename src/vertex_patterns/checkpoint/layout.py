@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from vertex_patterns import __version__
-from vertex_patterns.errors import ConfigError
+from vertex_patterns.errors import ConfigError, VertexPatternsError
 from vertex_patterns.storage.uri import validate_object_key
 
 FORMAT = "vertex-patterns.checkpoint/1"
@@ -52,7 +52,7 @@ def join(base: str, *parts: str) -> str:
     return out
 
 
-class ManifestError(ValueError):
+class ManifestError(VertexPatternsError, ValueError):
     """A manifest that cannot be trusted: malformed, or naming files outside its directory."""
 
 

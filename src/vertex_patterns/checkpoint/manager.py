@@ -65,14 +65,14 @@ from vertex_patterns.checkpoint.sharded import (
     verify_share,
 )
 from vertex_patterns.checkpoint.snapshot import HostBuffers, in_place
-from vertex_patterns.errors import ConfigError, StorageError
+from vertex_patterns.errors import ConfigError, StoppedError, StorageError, VertexPatternsError
 from vertex_patterns.storage import Storage
 from vertex_patterns.storage.uri import parse_uri
 
 log = logging.getLogger("vertex_patterns.checkpoint")
 
 
-class CheckpointDeadlineError(TimeoutError):
+class CheckpointDeadlineError(VertexPatternsError, TimeoutError):
     """A blocking save did not commit by its deadline; the previous checkpoint is intact."""
 
 
@@ -235,7 +235,7 @@ class CheckpointManager:
             pending.result(timeout=timeout)
         except FutureTimeout:
             raise
-        except InterruptedError as exc:
+        except StoppedError as exc:
             # Stopped at a blocking save's deadline: already raised as CheckpointDeadlineError.
             if not self._stop.is_set():
                 self._error = self._error or exc

@@ -32,6 +32,7 @@ from typing import Any, Protocol
 import google_crc32c
 import torch
 
+from vertex_patterns.errors import StoppedError, VertexPatternsError
 from vertex_patterns.storage.checksum import crc32c_extend_buffer, encode_crc32c
 
 TENSOR_TAG = "__tensor__"
@@ -67,7 +68,7 @@ class Sink(Protocol):
     def write(self, data: bytes | memoryview, /) -> int: ...
 
 
-class StateError(TypeError):
+class StateError(VertexPatternsError, TypeError):
     """The state holds something that cannot be checkpointed without pickling."""
 
 
@@ -220,7 +221,7 @@ def write_safetensors(
         sink: A binary file object.
         tensors: Map of key to tensor (laid out in `file_order`).
         should_stop: Polled between pieces; when it returns True the write stops with
-            `InterruptedError` (a save past its deadline).
+            `StoppedError` (a save past its deadline).
         piece_bytes: Bytes checksummed and written per call.
 
     Returns:
@@ -235,7 +236,7 @@ def write_safetensors(
         view = tensor_bytes(t)
         for start in range(0, len(view), piece_bytes):
             if should_stop is not None and should_stop():
-                raise InterruptedError("checkpoint write stopped (deadline passed)")
+                raise StoppedError("checkpoint write stopped (deadline passed)")
             piece = view[start:start + piece_bytes]
             crc = crc32c_extend_buffer(crc, piece)
             sink.write(piece)

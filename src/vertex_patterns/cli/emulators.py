@@ -34,6 +34,12 @@ def add_emulators(sub: Any) -> None:
                     help="keep everything here after exit: job logs and work directories "
                     "(customJobs/ID/attempt-N/), GCS objects (gcs/); default: a temporary "
                     "directory removed on exit")
+    up.add_argument("--gcs-emulator", choices=["fake-gcs-server", "gcp-storage-emulator"],
+                    default="fake-gcs-server",
+                    help="which GCS emulator serves behind the front (fake-gcs-server)")
+    up.add_argument("--gcs-stock", action="store_true",
+                    help="serve the GCS emulator as published, without the front that adds "
+                    "preconditions, split rewrites and batches (for benchmarks)")
     up.set_defaults(handler=run_emulators_up)
 
     logs = esub.add_parser(
@@ -56,7 +62,8 @@ def run_emulators_up(args: argparse.Namespace) -> int:
     from vertex_patterns.emulators.serve import serve_forever
 
     serve_forever(gcs_port=args.gcs_port, data_dir=args.data_dir, vertex_port=args.vertex_port,
-                  scenario_path=args.scenario, only=args.only, state_dir=args.state_dir)
+                  scenario_path=args.scenario, only=args.only, state_dir=args.state_dir,
+                  gcs_emulator=args.gcs_emulator, gcs_stock=args.gcs_stock)
     return EXIT_OK
 
 

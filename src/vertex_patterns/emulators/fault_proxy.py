@@ -555,6 +555,20 @@ def _rewrite_url(value: str, upstream_base: str, client_base: str) -> str:
     return value
 
 
+@dataclass
+class _PlannedFault:
+    """A fault `FaultProxy.inject` planned for requests that match."""
+
+    action: _Action
+    method: str | None
+    path_contains: str
+    times: int
+    after: int
+
+    def matches(self, method: str, path: str) -> bool:
+        return (self.method is None or method == self.method) and self.path_contains in path
+
+
 class FaultProxy:
     """Loopback reverse proxy that injects 503s, 429s and dropped connections.
 
@@ -604,6 +618,7 @@ class FaultProxy:
         self._consecutive_faults = 0
         self._stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
         self._history: deque[tuple[str, str, str]] = deque(maxlen=_HISTORY_LEN)
+        self._planned: list[_PlannedFault] = []
         self._server: _ProxyHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -744,6 +759,36 @@ class FaultProxy:
             self._history.clear()
             self._consecutive_faults = 0
 
+    def inject(
+        self, fault: str, *, method: str | None = None, path_contains: str = "",
+        times: int = 1, after: int = 0,
+    ) -> None:
+        """Plans a fault for the next `times` requests that match, ahead of the random mix.
+
+        For tests that need one exact failure, e.g. the response of the first upload lost
+        after the upstream stored it: ``proxy.inject("drop_after", method="POST",
+        path_contains="/upload/")``. A planned fault still consumes the request's random
+        draw, so the positions of random faults do not move.
+
+        Args:
+            fault: One of ``503``, ``429``, ``drop_before``, ``drop_after``, ``corrupt``.
+            method: Only requests with this HTTP method (any when None).
+            path_contains: Only requests whose path and query contain this text.
+            times: How many matching requests get the fault.
+            after: Let this many matching requests through first.
+
+        Raises:
+            ValueError: An unknown fault or a non-positive `times`.
+        """
+        actions = {a.value: a for a in _Action if a is not _Action.FORWARD}
+        if fault not in actions:
+            raise ValueError(f"unknown fault {fault!r}: use one of {', '.join(actions)}")
+        if times < 1 or after < 0:
+            raise ValueError(f"times must be >= 1 and after >= 0, got {times}, {after}")
+        with self._lock:
+            self._planned.append(_PlannedFault(actions[fault], method, path_contains, times,
+                                               after))
+
     # -- internals used by the handler ------------------------------------------------
 
     def _decide(self, method: str, path: str) -> _Action:
@@ -754,6 +799,14 @@ class FaultProxy:
             streak = self._consecutive_faults
             if action is not _Action.FORWARD and cap is not None and streak >= cap:
                 action = _Action.FORWARD
+            for plan in self._planned:
+                if plan.times > 0 and plan.matches(method, path):
+                    if plan.after > 0:
+                        plan.after -= 1
+                        continue
+                    plan.times -= 1
+                    action = plan.action
+                    break
             self._consecutive_faults = 0 if action is _Action.FORWARD else streak + 1
             self._stats["requests"] += 1
             self._stats[action.value] += 1

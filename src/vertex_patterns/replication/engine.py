@@ -335,11 +335,17 @@ class Replicator:
         copy does not verify, goes through `_copy` (rewrite, retries, error reporting)."""
         items = [(t.source, t.target, (t.existing.generation or 0) if t.existing else 0)
                  for t in tasks]
+        # Object bytes the batch moved through this process, measured (none for copies
+        # the server makes); counted once, with the first copy it made.
+        before = self.store.gcs.data_bytes()
+        results = self.store.gcs.copy_batch(items)
+        moved = self.store.gcs.data_bytes() - before
         # copy_batch reports a failed batch as None per item: those go one by one below.
-        for task, info in zip(tasks, self.store.gcs.copy_batch(items), strict=True):
+        for task, info in zip(tasks, results, strict=True):
             if info is not None and info.size == task.source.size \
                     and info.crc32c == task.source.crc32c:
-                self._copied(task, 0, progress)
+                self._copied(task, moved, progress)
+                moved = 0
                 continue
             if info is not None:
                 # Written but not verified: the one-by-one path overwrites that generation.

@@ -52,7 +52,9 @@ class CopyResult:
 
     Attributes:
         destination: The written object's metadata.
-        bytes_through_client: Bytes this process read or wrote (0 for a server-side copy).
+        bytes_through_client: Object bytes this process sent or received for the copy, as
+            counted by the GCS backend (0 for a server-side copy; every byte of a retried
+            download counts again); a local→local copy counts the object's size.
     """
 
     destination: ObjectInfo
@@ -188,7 +190,10 @@ class Storage:
         crc = source.crc32c
         if crc is None and src.is_gcs:
             crc = self._crc32c(src)
-        moved = source.size
+        # Measured, not assumed: the object bytes the GCS backend sent and received on this
+        # thread during the copy (a rewrite moves none; a download or upload, all of them,
+        # retries included). A local→local copy reads and writes every byte here.
+        before = self.gcs.data_bytes()
         if src.is_gcs and dst.is_gcs:
             info = self.gcs.rewrite(
                 ObjectInfo(uri=source.uri, key=source.key, size=source.size, crc32c=crc,
@@ -196,7 +201,6 @@ class Storage:
                 dst,
                 expected_generation=expected_generation,
             )
-            moved = 0
         elif src.is_gcs:
             _, written = self.gcs.download_file(
                 src, dst.path, crc32c=crc,
@@ -210,6 +214,9 @@ class Storage:
         else:
             info = self.local.upload_file(src.path, dst, crc32c=crc)
         _verify(info, crc)
+        moved = self.gcs.data_bytes() - before
+        if not src.is_gcs and not dst.is_gcs:
+            moved = source.size
         return CopyResult(destination=info, bytes_through_client=moved)
 
     def _crc32c(self, location: StorageUri) -> str | None:

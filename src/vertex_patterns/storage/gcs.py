@@ -129,6 +129,8 @@ class GcsBackend:
             `VERTEX_PATTERNS_GCS_DIRECT`: off unless it is "1". The library is the default
             because it is the client Google maintains and the one the tests exercise; the
             direct path halves client CPU per small object and is opt-in.
+        list_page_size: Objects per listing page; None leaves it to the server (1,000 on
+            GCS). Each page is one request, retried on its own.
     """
 
     def __init__(
@@ -139,6 +141,7 @@ class GcsBackend:
         retry: RetryPolicy = DEFAULT_RETRY,
         direct_upload_max: int = DIRECT_UPLOAD_MAX,
         direct: bool | None = None,
+        list_page_size: int | None = None,
     ) -> None:
         if direct is None:
             direct = os.environ.get(DIRECT_ENV, "") == "1"
@@ -146,8 +149,19 @@ class GcsBackend:
         self.project = project
         self.retry = retry
         self.direct_upload_max = direct_upload_max
+        self.list_page_size = list_page_size
         self._local = threading.local()
         self._direct = DirectHttp(timeout=TIMEOUT, enabled=direct)
+
+    # -- object bytes through this process ------------------------------------------
+    def data_bytes(self) -> int:
+        """Object bytes this thread has sent or received so far (bodies of uploads and
+        downloads, every attempt counted; metadata and rewrites carry none). Callers take
+        the difference around an operation to measure what passed through the client."""
+        return int(getattr(self._local, "data_bytes", 0))
+
+    def _moved(self, n: int) -> None:
+        self._local.data_bytes = self.data_bytes() + n
 
     # -- client -------------------------------------------------------------------------
     def client(self) -> storage.Client:
@@ -199,25 +213,32 @@ class GcsBackend:
         prefix = location.dir_prefix()
         uri = str(location)
 
-        def fetch() -> list[ObjectInfo]:
+        def page_via_library(token: str | None) -> dict[str, Any]:
             blobs = self.client().list_blobs(
                 location.bucket, prefix=prefix or None, retry=None, timeout=TIMEOUT,
                 fields=LIST_FIELDS,  # what ObjectInfo needs: a third of the answer
+                page_token=token, page_size=self.list_page_size,
             )
-            # Each page's resources as answered: no Blob object built per item.
-            return [object_info(r, r["name"][len(prefix):])
-                    for page in blobs.pages for r in page.raw_page.get("items", ())
-                    if r["name"] != prefix]
+            page = next(blobs.pages, None)
+            # The page's resources as answered: no Blob object built per item.
+            items = [] if page is None else page.raw_page.get("items", [])
+            return {"items": items, "nextPageToken": blobs.next_page_token}
 
-        def fetch_direct() -> list[ObjectInfo]:
+        def fetch() -> list[ObjectInfo]:
             client = self.client()
+            get_page: Callable[[str | None], dict[str, Any]]
+            if self._direct.usable(client):
+                get_page = functools.partial(self._direct.list_page, client, location.bucket,
+                                             prefix, page_size=self.list_page_size)
+            else:
+                get_page = page_via_library
             infos: list[ObjectInfo] = []
             token: str | None = None
-            while True:  # each page retried on its own
-                page = self.retry.call(
-                    functools.partial(self._direct.list_page, client, location.bucket, prefix,
-                                      token),
-                    uri=uri, what="list")
+            # Each page is retried on its own, resuming from its token: a failure on page N
+            # does not list pages 1..N-1 again (nor spend the deadline on them).
+            while True:
+                page = self.retry.call(functools.partial(get_page, token), uri=uri,
+                                       what="list")
                 infos.extend(object_info(r, r["name"][len(prefix):])
                              for r in page.get("items", ()) if r["name"] != prefix)
                 token = page.get("nextPageToken")
@@ -225,10 +246,7 @@ class GcsBackend:
                     return infos
 
         try:
-            if self._direct.usable(self.client()):
-                infos = fetch_direct()
-            else:
-                infos = self.retry.call(fetch, uri=uri, what="list")
+            infos = fetch()
         except NotFoundError as exc:
             raise NotFoundError(
                 f"bucket gs://{location.bucket} does not exist (or is not visible to these "
@@ -265,13 +283,13 @@ class GcsBackend:
         return self.retry.call(fetch, uri=uri, what="stat")
 
     def read_bytes(self, location: StorageUri) -> bytes:
-        return self.retry.call(
-            lambda: self._blob(location).download_as_bytes(
-                retry=None, timeout=TIMEOUT, raw_download=True, checksum=None
-            ),
-            uri=str(location),
-            what="read",
-        )
+        def fetch() -> bytes:
+            data: bytes = self._blob(location).download_as_bytes(
+                retry=None, timeout=TIMEOUT, raw_download=True, checksum=None)
+            self._moved(len(data))
+            return data
+
+        return self.retry.call(fetch, uri=str(location), what="read")
 
     def download_file(
         self,
@@ -304,27 +322,11 @@ class GcsBackend:
             # Pin the generation listed, so the bytes match the checksum we compare with.
             with NewFile(local_path) as f:
                 writer = HashingWriter(f)
-                if self._direct.usable(client):
-                    self._direct.download(client, location.bucket, location.path, writer,
-                                          if_generation_match=generation,
-                                          single_shot=single_shot)
-                else:
-                    blob = self._blob(location)
-                    # Every slice pins the generation listed: all come from one version.
-                    for start in range(0, max(source.size, 1), SINGLE_SHOT_MAX):
-                        end = min(source.size, start + SINGLE_SHOT_MAX) - 1
-                        blob.download_to_file(
-                            writer,
-                            raw_download=True,
-                            checksum=None,
-                            if_generation_match=generation,
-                            retry=None,
-                            timeout=TIMEOUT,
-                            single_shot_download=True,
-                            # A single slice is a plain GET (no Range header).
-                            start=None if single_shot else start,
-                            end=None if single_shot else end,
-                        )
+                try:
+                    self._download_into(client, location, writer, generation, source.size,
+                                        single_shot)
+                finally:
+                    self._moved(writer.bytes_written)
                 if writer.bytes_written != source.size:
                     raise TransientError(f"{uri}: downloaded {writer.bytes_written} bytes, "
                                          f"expected {source.size}", uri=uri)
@@ -340,13 +342,44 @@ class GcsBackend:
 
         return source, self.retry.call(fetch, uri=uri, what="download")
 
+    def _download_into(self, client: storage.Client, location: StorageUri,
+                       writer: HashingWriter, generation: int | None, size: int,
+                       single_shot: bool) -> None:
+        """One try of a download pinned to `generation` (412 if the object changed)."""
+        if self._direct.usable(client):
+            self._direct.download(client, location.bucket, location.path, writer,
+                                  if_generation_match=generation, single_shot=single_shot)
+            return
+        blob = self._blob(location)
+        # Every slice pins the generation listed: all come from one version.
+        for start in range(0, max(size, 1), SINGLE_SHOT_MAX):
+            end = min(size, start + SINGLE_SHOT_MAX) - 1
+            blob.download_to_file(
+                writer,
+                raw_download=True,
+                checksum=None,
+                if_generation_match=generation,
+                retry=None,
+                timeout=TIMEOUT,
+                single_shot_download=True,
+                # A single slice is a plain GET (no Range header).
+                start=None if single_shot else start,
+                end=None if single_shot else end,
+            )
+
     # -- writes -------------------------------------------------------------------------
     def _accept_if_already_written(
-        self, exc: PreconditionFailedError, location: StorageUri, crc32c: str
+        self, exc: PreconditionFailedError, location: StorageUri, crc32c: str,
+        size: int | None = None,
     ) -> ObjectInfo:
-        """After a failed precondition, accepts the object if an earlier try of ours wrote it."""
+        """After a failed precondition, accepts the object if an earlier try of ours wrote
+        it: a retried write whose first response was lost meets its own object (same CRC32C
+        and, where known, size) and reports it as written, as GCS stored it."""
         current = self.stat(location)
-        if current is not None and current.crc32c == crc32c:
+        if current is not None and current.crc32c == crc32c \
+                and (size is None or current.size == size):
+            log.info("%s: precondition failed on a retried write, but the object holds our "
+                     "bytes (an earlier try landed): accepted", location)
             return current
         raise exc
 
@@ -358,6 +391,7 @@ class GcsBackend:
 
         def put() -> ObjectInfo:
             blob = self._blob(location)
+            self._moved(len(data))
             blob.upload_from_string(
                 data,
                 if_generation_match=generation,
@@ -370,7 +404,7 @@ class GcsBackend:
         try:
             return self.retry.call(put, uri=uri, what="write")
         except PreconditionFailedError as exc:
-            return self._accept_if_already_written(exc, location, crc)
+            return self._accept_if_already_written(exc, location, crc, len(data))
 
     def write_stream(
         self,
@@ -382,16 +416,32 @@ class GcsBackend:
         """Streams what `produce` writes into a new object (resumable upload in chunks).
 
         The object must not exist yet (`if_generation_match=0`). On a transient failure the
-        whole object is produced again, so `produce` must be repeatable.
+        whole object is produced again, so `produce` must be repeatable. When a retry meets
+        412 because an earlier try's upload landed but its answer was lost, the object is
+        accepted if it holds what `produce` wrote (same CRC32C and size).
         """
+        produced: list[tuple[str, int, T]] = []  # the last try's CRC32C, size and result
 
         def put() -> T:
             blob = self._blob(location)
             blob.chunk_size = chunk_size
             with blob.open("wb", ignore_flush=True, if_generation_match=0, retry=None) as w:
-                return produce(w)
+                writer = HashingWriter(w)
+                try:
+                    result = produce(writer)  # type: ignore[arg-type]  # a file's write
+                finally:
+                    self._moved(writer.bytes_written)
+                produced[:] = [(writer.crc32c, writer.bytes_written, result)]
+            return result
 
-        return self.retry.call(put, uri=str(location), what="write")
+        try:
+            return self.retry.call(put, uri=str(location), what="write")
+        except PreconditionFailedError as exc:
+            if not produced:
+                raise
+            crc, size, result = produced[0]
+            self._accept_if_already_written(exc, location, crc, size)
+            return result
 
     def read_into_buffer(self, location: StorageUri) -> bytearray:
         """Downloads a whole object into a new writable buffer (for zero-copy tensor views)."""
@@ -399,9 +449,12 @@ class GcsBackend:
 
         def fetch() -> bytearray:
             sink = _BufferSink()
-            self._blob(location).download_to_file(
-                sink, raw_download=True, checksum=None, retry=None, timeout=TIMEOUT
-            )
+            try:
+                self._blob(location).download_to_file(
+                    sink, raw_download=True, checksum=None, retry=None, timeout=TIMEOUT
+                )
+            finally:
+                self._moved(len(sink.buffer))
             return sink.buffer
 
         return self.retry.call(fetch, uri=uri, what="read")
@@ -452,6 +505,8 @@ class GcsBackend:
                 # Empty files go through the library: gcp-storage-emulator drops the
                 # connection on an empty simple upload (one request either way).
                 direct = size > 0 and self._direct.usable(client)
+                if direct:
+                    self._moved(size)  # one request carrying the whole file
                 if direct and size <= DIRECT_IN_MEMORY_MAX:
                     # Read once; the bytes checksummed are the bytes sent.
                     data = f.read()
@@ -473,15 +528,19 @@ class GcsBackend:
                 else:
                     blob = self._blob(location)
                     reader = HashingReader(f)
-                    blob.upload_from_file(
-                        reader,
-                        size=size,
-                        if_generation_match=expected_generation,
-                        retry=None,
-                        timeout=TIMEOUT,
-                        # The library sends the CRC32C so real GCS rejects damaged bytes.
-                        checksum="crc32c",
-                    )
+                    at = f.tell()
+                    try:
+                        blob.upload_from_file(
+                            reader,
+                            size=size,
+                            if_generation_match=expected_generation,
+                            retry=None,
+                            timeout=TIMEOUT,
+                            # The library sends the CRC32C so real GCS rejects damaged bytes.
+                            checksum="crc32c",
+                        )
+                    finally:
+                        self._moved(max(f.tell() - at, reader.bytes_hashed))
                     hashed = reader.crc32c
                     if hashed is None or reader.bytes_hashed != size:
                         hashed = crc32c_file(local_path)  # the library re-read a chunk
@@ -502,7 +561,8 @@ class GcsBackend:
             return self.retry.call(put, uri=uri, what="upload")
         except PreconditionFailedError as exc:
             expected = crc32c or (sent[0] if sent else crc32c_file(local_path))
-            return self._accept_if_already_written(exc, location, expected)
+            return self._accept_if_already_written(exc, location, expected,
+                                                   os.path.getsize(local_path))
 
     @staticmethod
     def _check_read(
@@ -572,7 +632,7 @@ class GcsBackend:
         except PreconditionFailedError as exc:
             if source.crc32c is None:
                 raise
-            return self._accept_if_already_written(exc, location, source.crc32c)
+            return self._accept_if_already_written(exc, location, source.crc32c, source.size)
         if written:
             return object_info(written[0])
         assert dst_blob is not None

@@ -183,7 +183,8 @@ class DirectHttp:
         return response
 
     def list_page(
-        self, client: Any, bucket: str, prefix: str, page_token: str | None
+        self, client: Any, bucket: str, prefix: str, page_token: str | None, *,
+        page_size: int | None = None,
     ) -> dict[str, Any]:
         """One page of an object listing (`objects.list`, no delimiter): its JSON answer.
 
@@ -192,6 +193,7 @@ class DirectHttp:
             TransientError: The connection failed or broke off.
         """
         query = _query({"prefix": prefix or None, "pageToken": page_token,
+                        "maxResults": page_size,
                         "projection": "noAcl", "fields": LIST_FIELDS})
         url = f"{client.api_endpoint}/storage/v1/b/{urllib.parse.quote(bucket)}/o?{query}"
         headers = {"Accept-Encoding": "gzip", "User-Agent": _USER_AGENT}
