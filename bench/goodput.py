@@ -38,7 +38,7 @@ from typing import Any
 
 from vertex_patterns.training.metrics import read_metrics
 
-EXIT_OK, EXIT_PREEMPTED = 0, 75
+EXIT_OK, EXIT_PREEMPTED, EXIT_PREEMPTED_UNSAVED = 0, 75, 76
 
 
 @dataclass
@@ -112,7 +112,9 @@ def run(name: str, args: argparse.Namespace, run_dir: str, max_steps: int, every
         last_steps.append(max(seen) if seen else None)
         if code == EXIT_OK:
             break
-        if code not in (EXIT_PREEMPTED, -signal.SIGKILL):
+        # 76: the notice came before any training state existed (start-up), or no new
+        # checkpoint could be committed; both are documented "restart" exits.
+        if code not in (EXIT_PREEMPTED, EXIT_PREEMPTED_UNSAVED, -signal.SIGKILL):
             err = proc.stderr.read().decode() if proc.stderr else ""
             raise SystemExit(f"{name}: trainer failed with exit {code}:\n{err[-3000:]}")
         if len(codes) > 100:
