@@ -64,6 +64,15 @@ def _stop_requested(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the CLI; returns the exit code (0 ok, 1 failed, 2 bad input, 130 interrupted)."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if next((a for a in args if not a.startswith("-")), None) == "train":
+        # The trainer's start-up answer (76: preempted, nothing to save yet), until it
+        # installs its own handler: a launcher reads 130 as a user error and would stop.
+        from vertex_patterns.train import exit_during_startup
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, exit_during_startup)
+        return _run(argv)
     previous = signal.signal(signal.SIGTERM, _stop_requested)
     try:
         return _run(argv)
