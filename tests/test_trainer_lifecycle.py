@@ -175,6 +175,24 @@ class TestSigtermAtAnyInstant:
             assert values == ref_losses[step], f"step {step}: {values} != {ref_losses[step]}"
 
 
+class TestStartUpThroughTheCli:
+    """`vertex-patterns train` answers a SIGTERM in its first instant as the trainer does
+    (76), not as an interrupted command (130, which a launcher reads as a user error)."""
+
+    def test_sigterm_at_start(self, tmp_path: Path) -> None:
+        proc = subprocess.Popen([sys.executable, "-m", "vertex_patterns.cli", "train",
+                                 *train_args(tmp_path)], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=env())
+        deadline = time.monotonic() + TIMEOUT_S
+        while not catches_sigterm(proc.pid) and proc.poll() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.0005)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=TIMEOUT_S)
+        assert proc.returncode == EXIT_PREEMPTED_UNSAVED, err
+        assert "Traceback" not in err and not (tmp_path / "checkpoints").exists()
+
+
 class TestTelemetryNeverFatal:
     """A TensorBoard directory that cannot be written (a missing bucket: every periodic flush
     and the final upload fail) leaves the exit codes 75 and 0 unchanged, and says why."""
