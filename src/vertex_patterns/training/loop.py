@@ -370,6 +370,8 @@ class _Loop:
         return EXIT_PREEMPTED_UNSAVED
 
     def _preempted(self, step: int, position: Mapping[str, int]) -> int:
+        if not self.t.notice:  # the notice reached another rank: its deadline holds here too
+            self.t.notice.raise_notice("another rank's notice")
         budget = self._budget()
         log.warning("preemption notice (%s): saving step %d within %.1fs", self.t.notice.reason,
                     step, budget, extra={"json_fields": {"event": "preempted", "step": step}})
