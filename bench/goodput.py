@@ -38,7 +38,7 @@ from typing import Any
 
 from vertex_patterns.training.metrics import read_metrics
 
-EXIT_OK, EXIT_PREEMPTED = 0, 75
+EXIT_OK, EXIT_PREEMPTED, EXIT_PREEMPTED_UNSAVED = 0, 75, 76
 
 
 @dataclass
@@ -112,7 +112,9 @@ def run(name: str, args: argparse.Namespace, run_dir: str, max_steps: int, every
         last_steps.append(max(seen) if seen else None)
         if code == EXIT_OK:
             break
-        if code not in (EXIT_PREEMPTED, -signal.SIGKILL):
+        # 76: the notice came before any training state existed (start-up), or no new
+        # checkpoint could be committed; both are documented "restart" exits.
+        if code not in (EXIT_PREEMPTED, EXIT_PREEMPTED_UNSAVED, -signal.SIGKILL):
             err = proc.stderr.read().decode() if proc.stderr else ""
             raise SystemExit(f"{name}: trainer failed with exit {code}:\n{err[-3000:]}")
         if len(codes) > 100:
@@ -132,14 +134,19 @@ def run(name: str, args: argparse.Namespace, run_dir: str, max_steps: int, every
                      preemptions, lost)
 
 
-def calibrate(args: argparse.Namespace, tmp: str) -> float:
-    """Seconds per training step, from a short run's metrics stream."""
+def calibrate(args: argparse.Namespace, tmp: str) -> tuple[float, float]:
+    """Seconds per training step, from a short run's metrics stream, and seconds from process
+    start to the first step (program startup + training prep + restore, from its ledger)."""
     run_dir = os.path.join(tmp, "calibrate")
     subprocess.run(train_cmd(args, run_dir, 30, 1000), check=True, env=run_env(),
                    stdout=subprocess.DEVNULL)
     times = [float(r["step_time_s"]) for r in read_metrics(os.path.join(run_dir, "metrics"))
              if "step_time_s" in r][5:]
-    return statistics.median(times)
+    with open(os.path.join(run_dir, "goodput.json")) as f:
+        total = json.load(f)["total"]
+    startup = sum(float(total[k]) for k in ("program_startup_s", "training_prep_s",
+                                            "checkpoint_restore_s"))
+    return statistics.median(times), startup
 
 
 def fmt(x: float, digits: int = 1) -> str:
@@ -171,7 +178,14 @@ def main() -> None:
         args.seconds, args.every, args.checkpoint_seconds = 40.0, 12.0, 4.0
     bench_started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="vp-goodput-") as tmp:
-        step_s = calibrate(args, tmp)
+        step_s, startup_s = calibrate(args, tmp)
+        if args.every < 2 * startup_s:
+            # A notice during start-up ends the attempt at once with 76 (nothing to save): on
+            # a machine so busy that start-up takes half the interval, attempts would rarely
+            # train. Real Spot notices come minutes to hours apart.
+            print(f"start-up took {startup_s:.1f} s here: preempting every "
+                  f"{2 * startup_s:.0f} s instead of {args.every:.0f} s", flush=True)
+            args.every = 2 * startup_s
         max_steps = max(20, round(args.seconds / step_s))
         every_steps = max(1, round(args.checkpoint_seconds / step_s))
         print(f"step {step_s * 1000:.0f} ms -> {max_steps} steps, checkpoint every "

@@ -324,6 +324,8 @@ class TestBadSpecsRejected:
         code = cli_main([*args, *extra, "--", "python", "-c", "pass"])
         err = capsys.readouterr().err.strip()
         assert code == 2 and len(err.splitlines()) == 1 and message in err, err
+        # The container command after `--` is not mistaken for the CLI's command name.
+        assert err.startswith("vertex-patterns launch: error: "), err
         assert job_count(vertex) == before
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Callable, Sequence
+from types import FrameType
 
 from vertex_patterns import __version__
 from vertex_patterns.cli import commands, emulators, pipelines
@@ -56,10 +58,38 @@ def _configure_logging(verbose: int) -> None:
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 
+def _stop_requested(signum: int, frame: FrameType | None) -> None:
+    # A scheduler's SIGTERM ends a command the way Ctrl-C does: its own clean-up runs (temporary
+    # files removed, a job cancelled), then one line and exit 130. Commands with their own
+    # answer to SIGTERM (`train`, `launch`, `emulators up`) replace this handler while they run.
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the CLI; returns the exit code (0 ok, 1 failed, 2 bad input, 130 interrupted)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = sys.argv[1:] if argv is None else list(argv)
+    if next((a for a in args if not a.startswith("-")), None) == "train":
+        # The trainer's start-up answer (76: preempted, nothing to save yet), until it
+        # installs its own handler: a launcher reads 130 as a user error and would stop.
+        from vertex_patterns.train import exit_during_startup
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, exit_during_startup)
+        return _run(argv)
+    previous = signal.signal(signal.SIGTERM, _stop_requested)
+    try:
+        return _run(argv)
+    finally:
+        if signal.getsignal(signal.SIGTERM) is _stop_requested:  # not a command's own handler
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except KeyboardInterrupt:
+        sys.stderr.write("vertex-patterns: interrupted\n")
+        return EXIT_INTERRUPTED
     _configure_logging(args.verbose)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:

@@ -61,7 +61,8 @@ def add_launch_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--boot-disk-type", default="pd-ssd")
     p.add_argument("--boot-disk-size-gb", type=int, default=100)
     p.add_argument("--restart-job-on-worker-restart", action="store_true")
-    p.add_argument("command", nargs="+", metavar="-- COMMAND ARGS",
+    # Not `command`: that is the CLI's own sub-command name in the same namespace.
+    p.add_argument("job_command", nargs="+", metavar="-- COMMAND ARGS",
                    help="container command; {run_dir} and {region} are filled in per region")
 
 
@@ -96,7 +97,7 @@ def spec_and_policy(args: argparse.Namespace) -> tuple[JobSpec, LaunchPolicy]:
     name = args.display_name or args.run_dir_template.rstrip("/").rsplit("/", 1)[-1]
     spec = JobSpec(
         display_name=name.replace("{region}", "r"), image=args.image,
-        command=tuple(args.command), machine_type=args.machine_type,
+        command=tuple(args.job_command), machine_type=args.machine_type,
         accelerator_type=accelerator, accelerator_count=count,
         replica_count=args.replica_count, env=_pairs(args.env, "--env"),
         boot_disk_type=args.boot_disk_type, boot_disk_size_gb=args.boot_disk_size_gb,

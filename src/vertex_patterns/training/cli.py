@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from vertex_patterns.errors import ConfigError
 from vertex_patterns.training.config import (
@@ -27,8 +30,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """The trainer's flags (shared by both entry points)."""
     p.add_argument("--workload", required=True,
                    help="built-in workload (digits, tiny-lm) or package.module:function")
-    p.add_argument("--run-dir", required=True,
-                   help="base output directory, local or gs:// (AIP_* variables win)")
+    p.add_argument("--run-dir",
+                   help="base output directory, local or gs:// (AIP_* variables win; under "
+                        "Vertex AI it defaults to their common parent, the job's base output "
+                        "directory)")
     p.add_argument("--max-steps", type=int, required=True, help="optimizer steps in all")
     every = p.add_mutually_exclusive_group()
     every.add_argument("--checkpoint-every-steps", type=int, metavar="K")
@@ -53,12 +58,17 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--record-samples", action="store_true",
                    help="write each step's sample ids into the metrics stream")
     p.add_argument("--wandb-project", metavar="NAME", help="mirror metrics to W&B")
+    p.add_argument("--tensorboard-flush-seconds", type=float, default=30.0, metavar="S",
+                   help="flush/upload TensorBoard event files this often (30)")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The TrainConfig the flags describe (raises ConfigError on bad values)."""
+    from vertex_patterns.training.config import run_dir_from_environment
+
     return TrainConfig(
-        workload=args.workload, run_dir=args.run_dir, max_steps=args.max_steps, seed=args.seed,
+        workload=args.workload, run_dir=args.run_dir or run_dir_from_environment(),
+        max_steps=args.max_steps, seed=args.seed,
         checkpoint_every_steps=args.checkpoint_every_steps,
         checkpoint_every_seconds=args.checkpoint_every_seconds,
         deterministic=args.deterministic, replicas=tuple(args.replica),
@@ -66,29 +76,50 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         grace_margin_seconds=args.grace_margin_seconds, metadata_url=args.metadata_url,
         metadata_poll_seconds=args.metadata_poll_seconds,
         eval_every_steps=args.eval_every_steps, log_every_steps=args.log_every_steps,
-        record_samples=args.record_samples, wandb_project=args.wandb_project)
+        record_samples=args.record_samples, wandb_project=args.wandb_project,
+        tensorboard_flush_seconds=args.tensorboard_flush_seconds)
 
 
 def run_train(args: argparse.Namespace) -> int:
-    """Runs one attempt; logs are Cloud Logging JSON lines on stdout."""
+    """Runs one attempt; logs are Cloud Logging JSON lines on stdout.
+
+    The preemption handler is installed first and stays to the end of the process: the exit
+    code of a SIGTERM is decided by how far the attempt got (see `training.preemption`).
+    When a notice came, the process ends here (`os._exit`) once the streams are flushed:
+    background work left on purpose (the fan-out of committed checkpoints, which the next
+    attempt resumes) must not hold the exit past the grace period.
+    """
+    from vertex_patterns.training.preemption import PreemptionNotice
+
+    notice = PreemptionNotice().install()  # starting: a signal exits 76 at once
     from vertex_patterns.training.goodput import process_start_time
     from vertex_patterns.training.logs import report_error, setup_logging
-    from vertex_patterns.training.loop import Trainer
-    from vertex_patterns.training.preemption import PreemptionNotice
 
     started = process_start_time()
     setup_logging("DEBUG" if getattr(args, "verbose", 0) >= 2 else "INFO")
-    notice = PreemptionNotice().install()
     try:
-        trainer = Trainer(config_from_args(args), notice, process_start=started)
-        return trainer.run()
+        from vertex_patterns.training.loop import Trainer
+
+        code = Trainer(config_from_args(args), notice, process_start=started).run()
     except ConfigError:
+        notice.settle(EXIT_BAD_INPUT)
         raise
     except Exception as exc:  # reported as an Error Reporting event, then exit 1
         report_error(exc)
-        return EXIT_ERROR
-    finally:
-        notice.uninstall()
+        code = EXIT_ERROR
+    notice.settle(code)
+    if notice:
+        _end_process(code)
+    return code
+
+
+def _end_process(code: int) -> NoReturn:
+    """Flushes the logs and standard streams, then exits without joining other threads."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

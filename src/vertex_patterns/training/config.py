@@ -7,6 +7,10 @@ The run directory follows Vertex AI's base output directory (`baseOutputDirector
     <run-dir>/logs/          TensorBoard event files          (AIP_TENSORBOARD_LOG_DIR wins)
     <run-dir>/metrics/       the metrics stream, JSON lines in chunks
     <run-dir>/goodput/       one ledger file per attempt; <run-dir>/goodput.json sums them
+
+Without `--run-dir`, the run dir is what Vertex AI implies: it sets the three `AIP_*` variables
+from the job's base output directory (`<base>/model/`, `<base>/checkpoints/`, `<base>/logs/`),
+and their common parent is that base (`run_dir_from_environment`).
 """
 
 from __future__ import annotations
@@ -31,6 +35,45 @@ the same command to resume (75 is sysexits' EX_TEMPFAIL, "try again later")."""
 EXIT_PREEMPTED_UNSAVED = 76
 """Stopped by a preemption notice without a new checkpoint (a second signal, or the grace
 deadline passed): the previous committed checkpoint is intact and a restart resumes from it."""
+
+
+AIP_DIRECTORIES = ("AIP_MODEL_DIR", "AIP_CHECKPOINT_DIR", "AIP_TENSORBOARD_LOG_DIR")
+"""The output directories Vertex AI sets for a custom job with a base output directory."""
+
+
+def run_dir_from_environment(env: Mapping[str, str] | None = None) -> str:
+    """The run directory Vertex AI implies: the common parent of the `AIP_*` directories set.
+
+    Args:
+        env: The environment (default `os.environ`).
+
+    Returns:
+        `gs://bucket/base` or an absolute local path.
+
+    Raises:
+        ConfigError: None of them is set, or they share no parent (another bucket, or
+            gs:// mixed with local paths): give `--run-dir`.
+    """
+    env = os.environ if env is None else env
+    given = {var: env[var] for var in AIP_DIRECTORIES if env.get(var)}
+    if not given:
+        raise ConfigError("--run-dir is required outside Vertex AI (there, "
+                          f"{', '.join(AIP_DIRECTORIES)} give the job's base output directory)")
+    locations = [parse_uri(uri) for uri in given.values()]
+    first = locations[0]
+    if any((loc.scheme, loc.bucket) != (first.scheme, first.bucket) for loc in locations):
+        raise ConfigError(f"{', '.join(f'{k}={v}' for k, v in given.items())} share no parent "
+                          "directory: give --run-dir")
+    if first.is_gcs:
+        parents = [loc.path.strip("/").split("/")[:-1] for loc in locations]
+        common: list[str] = []
+        for parts in zip(*parents, strict=False):
+            if len(set(parts)) != 1:
+                break
+            common.append(parts[0])
+        return str(parse_uri(f"gs://{first.bucket}/{'/'.join(common)}")).rstrip("/")
+    return os.path.commonpath([os.path.dirname(loc.path.rstrip(os.sep)) or loc.path
+                               for loc in locations])
 
 
 def _join(base: str, name: str) -> str:
@@ -114,6 +157,9 @@ class TrainConfig:
     """Write each step's sample ids into the metrics stream (for auditing resume)."""
     wandb_project: str | None = None
     """Mirror metrics to this Weights & Biases project (off by default; never fatal)."""
+    tensorboard_flush_seconds: float = 30.0
+    """Flush (and for gs://, upload) the TensorBoard event files this often: the most a hard
+    kill can lose from them."""
     extra: dict[str, str] = field(default_factory=dict)
     """Reserved for workload options."""
 
@@ -138,6 +184,9 @@ class TrainConfig:
                               f"({self.grace_seconds}), got {self.grace_margin_seconds}")
         if self.metadata_poll_seconds <= 0:
             raise ConfigError("--metadata-poll-seconds must be > 0")
+        if self.tensorboard_flush_seconds <= 0:
+            raise ConfigError("--tensorboard-flush-seconds must be > 0, got "
+                              f"{self.tensorboard_flush_seconds}")
         if self.eval_every_steps < 0 or self.log_every_steps <= 0:
             raise ConfigError("--eval-every-steps must be >= 0 and --log-every-steps > 0")
         parse_uri(self.run_dir)

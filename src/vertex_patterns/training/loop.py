@@ -7,16 +7,22 @@ One attempt of a run, on one rank:
     -> steps, each followed by one all-reduce of (loss, stop?, save due?)
          save due   -> async save (only the host snapshot blocks the loop)
          stop       -> blocking save with a deadline inside the grace period, exit 75
-         max steps  -> final checkpoint, model export, held-out evaluation, exit 0
+         max steps  -> final checkpoint, held-out evaluation, model export, exit 0
 
 Every rank reaches the same decision at the same step because the flags are all-reduced,
 so a SIGTERM that reaches one rank first still gives one consistent checkpoint.
+
+The preemption notice is armed (a signal raises the flag instead of ending the process with
+nothing to save) just before the restore. A notice after the last step lets the final
+checkpoint and model finish within the grace period (exit 0), or stops them at the deadline
+(75 when the final checkpoint committed, 76 when not). After a notice nothing waits for the
+background fan-out to replicas, and telemetry (metrics, TensorBoard, the goodput ledger) is
+never fatal: its failures are logged and the exit code stays what training decided.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -28,7 +34,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from vertex_patterns import __version__
 from vertex_patterns.checkpoint import CheckpointDeadlineError, CheckpointManager
 from vertex_patterns.errors import ConfigError
 from vertex_patterns.storage import Storage
@@ -40,6 +45,7 @@ from vertex_patterns.training.config import (
     RunPaths,
     TrainConfig,
 )
+from vertex_patterns.training.export import ExportStoppedError, export_model
 from vertex_patterns.training.goodput import GoodputRecorder, process_start_time
 from vertex_patterns.training.metrics import MetricsStream, accelerator_stats, new_attempt_id
 from vertex_patterns.training.preemption import MetadataWatcher, PreemptionNotice
@@ -132,6 +138,7 @@ class Trainer:
         if ledger is not None:
             ledger.startup_done()
         prep_started = time.monotonic()
+        log.info("building workload %s (attempt %s)", config.workload, attempt)
         workload = self._build(cluster)
         fingerprint = workload_fingerprint(workload)
         sampler = EpochSampler(workload.dataset_size, workload.batch_size, config.seed,
@@ -143,6 +150,10 @@ class Trainer:
                 if cluster.device.type == "cuda" else None)
         prep_s = time.monotonic() - prep_started
 
+        # From here on there is training state: a notice raises the flag (the loop saves),
+        # and the watchdog ends the process between the emergency save's deadline and
+        # SIGKILL, whatever it is blocked on.
+        self.notice.arm(hard_deadline_s=config.grace_seconds - config.grace_margin_seconds / 2)
         watcher = None
         if config.metadata_url:
             watcher = MetadataWatcher(config.metadata_url, self.notice,
@@ -151,9 +162,10 @@ class Trainer:
             if watcher is not None:
                 stack.callback(watcher.stop)
             restore_started = time.monotonic()
-            ckpt = stack.enter_context(CheckpointManager(
+            ckpt = CheckpointManager(
                 self.paths.checkpoints, replicas=config.replicas, keep_last=config.keep_last,
-                storage=self.store))
+                storage=self.store)
+            stack.callback(self._close_checkpoints, ckpt)
             restored = ckpt.restore()
             step, position = 0, sampler.start_position()
             if restored is not None:
@@ -169,14 +181,15 @@ class Trainer:
             if ledger is not None:
                 ledger.training_prep(prep_s)
                 ledger.restore(restore_s, None if restored is None else step)
-                stack.callback(ledger.flush)
+                stack.callback(never_fatal, "goodput ledger flush", ledger.flush)
             metrics = tb = mirror = None
             if leader:
-                metrics = stack.enter_context(MetricsStream(self.paths.metrics,
-                                                            attempt=attempt,
-                                                            storage=self.store))
-                tb = TensorBoardWriter(self.paths.logs)
-                stack.callback(tb.close)
+                metrics = MetricsStream(self.paths.metrics, attempt=attempt, storage=self.store)
+                stack.callback(never_fatal, "metrics stream close", metrics.close)
+                tb = open_tensorboard(self.paths.logs, self.store,
+                                      config.tensorboard_flush_seconds)
+                if tb is not None:
+                    stack.callback(never_fatal, "TensorBoard close", tb.close)
                 mirror = WandbMirror.maybe(config.wandb_project is not None,
                                            project=config.wandb_project or "", run_name=attempt,
                                            config={"workload": workload.name,
@@ -185,6 +198,34 @@ class Trainer:
             loop = _Loop(self, cluster, workload, model, sampler, ckpt, ledger, metrics, tb,
                          mirror, fingerprint)
             return loop.run(step, position)
+
+    def _close_checkpoints(self, ckpt: CheckpointManager) -> None:
+        if self.notice:
+            # The emergency path ends within the grace period: a fan-out to another region
+            # can take longer. Steps are committed locally; the next attempt resumes it.
+            log.info("preempted: leaving the fan-out of committed checkpoints to the next "
+                     "attempt")
+            return
+        ckpt.close()
+
+
+def never_fatal(what: str, close: Callable[[], object]) -> None:
+    """Runs a telemetry step (flush, close, upload); its failure is logged, never raised, so
+    it cannot turn a finished run (0) or a preemption (75) into a failure (1)."""
+    try:
+        close()
+    except Exception as exc:  # telemetry only: any failure is logged and training's code kept
+        log.warning("%s failed (telemetry; the exit code is unchanged): %s", what, exc)
+
+
+def open_tensorboard(log_dir: str, store: Storage, flush_every_s: float
+                     ) -> TensorBoardWriter | None:
+    """The TensorBoard writer, or None (logged) when its directory cannot be used."""
+    try:
+        return TensorBoardWriter(log_dir, storage=store, flush_every_s=flush_every_s)
+    except Exception as exc:  # telemetry only: train without it
+        log.warning("TensorBoard disabled: cannot write to %s: %s", log_dir, exc)
+        return None
 
 
 class _Loop:
@@ -262,8 +303,9 @@ class _Loop:
               ) -> float:
         if self.metrics is not None:
             # Records up to a checkpoint are durable before it commits, so a SIGKILL can lose
-            # only steps that the next attempt will redo (and record) anyway.
-            self.metrics.flush()
+            # only steps that the next attempt will redo (and record) anyway. A failed chunk
+            # keeps its records for the next flush: telemetry never stops training.
+            never_fatal("metrics flush", self.metrics.flush)
         started = time.monotonic()
         self.ckpt.save(step, self.t._state(step, self.workload, position, self.fingerprint),
                        metrics=metrics, blocking=blocking, deadline_s=deadline_s)
@@ -312,10 +354,25 @@ class _Loop:
                 self._save(step, position, blocking=False, metrics={"loss": loss})
         return self._finish(step, position)
 
-    def _preempted(self, step: int, position: Mapping[str, int]) -> int:
+    def _budget(self) -> float:
+        """Seconds left for the emergency save (grace - margin - time since the notice)."""
         config = self.config
-        budget = config.grace_seconds - config.grace_margin_seconds - \
+        return config.grace_seconds - config.grace_margin_seconds - \
             self.t.notice.seconds_since()
+
+    def _past_deadline(self) -> bool:
+        return bool(self.t.notice) and self._budget() <= 0
+
+    def _unsaved(self, exc: BaseException) -> int:
+        log.error("emergency checkpoint not committed (%s); the previous one is intact", exc)
+        if self.ledger is not None:
+            self.ledger.finish("preempted-unsaved")
+        return EXIT_PREEMPTED_UNSAVED
+
+    def _preempted(self, step: int, position: Mapping[str, int]) -> int:
+        if not self.t.notice:  # the notice reached another rank: its deadline holds here too
+            self.t.notice.raise_notice("another rank's notice")
+        budget = self._budget()
         log.warning("preemption notice (%s): saving step %d within %.1fs", self.t.notice.reason,
                     step, budget, extra={"json_fields": {"event": "preempted", "step": step}})
         try:
@@ -323,11 +380,8 @@ class _Loop:
                 raise CheckpointDeadlineError("no time left in the grace period")
             self._save(step, position, blocking=True, deadline_s=budget)
         except CheckpointDeadlineError as exc:
-            log.error("emergency checkpoint not committed (%s); the previous one is intact",
-                      exc)
-            if self.ledger is not None:
-                self.ledger.finish("preempted-unsaved")
-            return EXIT_PREEMPTED_UNSAVED
+            return self._unsaved(exc)
+        self.t.notice.settle(EXIT_PREEMPTED)
         log.warning("checkpoint step %d committed; exiting for the preemption", step)
         if self.ledger is not None:
             summary = self.ledger.finish("preempted")
@@ -350,30 +404,33 @@ class _Loop:
         return results
 
     def _finish(self, step: int, position: Mapping[str, int]) -> int:
-        self._save(step, position, blocking=True)
-        self.ckpt.wait()
+        """Final checkpoint, evaluation, model export. A notice meanwhile puts them under the
+        emergency deadline: the model is finished when it fits (0), else stopped before its
+        `config.json` (75: the final checkpoint is committed; 76: it is not)."""
+        notice = self.t.notice
+        try:
+            if self._past_deadline():
+                raise CheckpointDeadlineError("no time left in the grace period")
+            self._save(step, position, blocking=True,
+                       deadline_s=self._budget() if notice else None)
+        except CheckpointDeadlineError as exc:
+            return self._unsaved(exc)
+        notice.fallback(EXIT_PREEMPTED)  # from here a forced exit still has this checkpoint
         results = self._evaluate(step)
         if self.cluster.is_leader:
-            export_model(self.t.store, self.t.paths.model, self.workload, step, results)
-            if self.ledger is not None:
-                summary = self.ledger.finish("completed")
-                print(summary.to_table(), flush=True)
+            log.info("exporting the final model to %s", self.t.paths.model)
+            try:
+                export_model(self.t.store, self.t.paths.model, self.workload, step, results,
+                             should_stop=self._past_deadline)
+            except ExportStoppedError as exc:
+                log.error("%s; the final checkpoint (step %d) is committed: a restart "
+                          "writes the model", exc, step)
+                if self.ledger is not None:
+                    self.ledger.finish("preempted")
+                return EXIT_PREEMPTED
+        notice.settle(EXIT_OK)
+        if self.ledger is not None:
+            summary = self.ledger.finish("completed")
+            print(summary.to_table(), flush=True)
         log.info("training complete at step %d; model in %s", step, self.t.paths.model)
         return EXIT_OK
-
-
-def export_model(store: Storage, model_dir: str, workload: Workload, step: int,
-                 results: Mapping[str, float]) -> None:
-    """Writes `model.safetensors` and `config.json` (config JSON last: its presence means the
-    weights are complete)."""
-    from safetensors.torch import save
-
-    tensors = {k: v.detach().cpu().contiguous().clone()
-               for k, v in workload.model.state_dict().items()}
-    base = model_dir.rstrip("/")
-    store.write_bytes(f"{base}/model.safetensors", save(tensors))
-    meta = {"workload": workload.name, "step": step, "config": workload.config,
-            "eval": dict(results), "library_version": __version__,
-            "torch_version": torch.__version__}
-    store.write_bytes(f"{base}/config.json",
-                      json.dumps(meta, indent=2, sort_keys=True).encode())

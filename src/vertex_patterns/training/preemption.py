@@ -1,13 +1,25 @@
 """Preemption notices: SIGTERM/SIGINT and the GCE metadata server's `instance/preempted`.
 
-A Spot VM gets SIGTERM (through the container runtime) about 30 s before SIGKILL. The handler
-only records the notice; the training loop sees it after the current step and saves from its
-own thread. Nothing is saved from inside a signal handler: a handler runs between two bytecodes
-of whatever the main thread was doing, possibly inside the checkpoint code itself.
+A Spot VM gets SIGTERM (through the container runtime) about 30 s before SIGKILL, and the
+notice can land at any instant of the process's life. What a signal does depends on how far
+the attempt got, so that every one ends in a documented exit:
 
-A second signal means "now": the handler exits at once with `EXIT_PREEMPTED_UNSAVED`. Saves are
-atomic (temporary directory + rename, or manifest last), so whatever was committed before stays
-intact and restorable.
+    starting   (imports, set-up, building the workload: no training state exists yet)
+               -> exit 76 at once: there is nothing to save and nothing is half-written
+    armed      (restore, steps, checkpoints, the final save and model export)
+               -> the flag is raised; the loop sees it after the current step and saves
+                  from its own thread (exit 75), or the final model is finished (exit 0)
+    settled    (the attempt's exit code is decided: model written, or checkpoint committed)
+               -> exit with that code at once (teardown has nothing left that matters)
+
+Nothing is saved from inside a signal handler: a handler runs between two bytecodes of
+whatever the main thread was doing, possibly inside the checkpoint code itself.
+
+A second signal means "now": the handler exits at once, with 76 unless the attempt already
+committed a checkpoint at its last step (75). Once armed, a watchdog also ends the process
+when the grace period is nearly over (grace - margin / 2 after the notice), whatever the main
+thread is blocked on: saves are atomic (temporary directory + rename, or manifest last) and
+the model's `config.json` is written last, so whatever was committed before stays intact.
 """
 
 from __future__ import annotations
@@ -28,8 +40,24 @@ log = logging.getLogger("vertex_patterns.training")
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
+def exit_now(code: int, message: str) -> None:
+    """Ends the process at once with `code`, after one line on stderr.
+
+    Safe in a signal handler and from any thread: write(2) and _exit(2) only, no locks, no
+    Python logging, no buffered streams (the main thread may hold their locks).
+    """
+    try:
+        os.write(2, f"{message}\n".encode())
+    finally:
+        os._exit(code)
+
+
 class PreemptionNotice:
     """A thread-safe flag raised by a signal or the metadata watcher, with when and why.
+
+    Starts in the *starting* phase, where a signal exits 76 at once; `arm()` makes it raise
+    the flag instead, `settle(code)` makes it exit with `code` at once (see the module
+    docstring).
 
     Args:
         exit_on_second: Exit the process at once (`os._exit`) on a second signal.
@@ -44,9 +72,26 @@ class PreemptionNotice:
         self.signals = 0
         self.exit_on_second = exit_on_second
         self._previous: dict[int, object] = {}
+        self._armed = False
+        self._settled: int | None = None
+        self._fallback = EXIT_PREEMPTED_UNSAVED
+        self._hard_deadline_s: float | None = None
+        self._released = threading.Event()
+        self._watchdog: threading.Thread | None = None
 
     def __bool__(self) -> bool:
         return self._event.is_set()
+
+    @property
+    def armed(self) -> bool:
+        """Whether a signal raises the flag (rather than ending a process with nothing to
+        save)."""
+        return self._armed
+
+    @property
+    def fallback_code(self) -> int:
+        """The exit code of a forced exit (second signal or watchdog) from now on."""
+        return self._settled if self._settled is not None else self._fallback
 
     def raise_notice(self, reason: str) -> None:
         """Records the first notice; later ones keep the first's time and reason."""
@@ -60,14 +105,56 @@ class PreemptionNotice:
         """Seconds since the first notice (0 when there was none)."""
         return 0.0 if self.noticed_at is None else time.monotonic() - self.noticed_at
 
+    def arm(self, *, hard_deadline_s: float | None = None) -> None:
+        """Training state exists from now on: a signal raises the flag for the loop to act on.
+
+        Args:
+            hard_deadline_s: Seconds after the first notice at which a watchdog ends the
+                process with `fallback_code`, whatever the main thread is doing (None: no
+                watchdog). Set it between the emergency save's deadline and SIGKILL.
+        """
+        self._armed = True
+        if hard_deadline_s is not None and self._watchdog is None:
+            self._hard_deadline_s = hard_deadline_s
+            self._watchdog = threading.Thread(target=self._watch, name="preempt-deadline",
+                                              daemon=True)
+            self._watchdog.start()
+
+    def fallback(self, code: int) -> None:
+        """What a forced exit reports from now on (75 once a checkpoint at the attempt's
+        last step is committed)."""
+        self._fallback = code
+
+    def settle(self, code: int) -> None:
+        """The attempt's exit code is decided: from now on a signal (or the watchdog) ends
+        the process with `code` at once."""
+        self._settled = code
+
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.signals += 1
+        name = signal.Signals(signum).name
+        if self._settled is not None:
+            exit_now(self._settled, f"{name}: this attempt already ended with exit "
+                                    f"{self._settled}; exiting now")
+        if not self._armed:
+            exit_now(EXIT_PREEMPTED_UNSAVED, f"{name} before any training state exists: "
+                                             "nothing to save; exiting now")
         if self.signals > 1 and self.exit_on_second:
-            # Async-signal-safe enough: write(2) and _exit(2), no locks, no Python logging.
-            os.write(2, f"second signal {signal.Signals(signum).name}: exiting now; the last "
-                        "committed checkpoint is intact\n".encode())
-            os._exit(EXIT_PREEMPTED_UNSAVED)
-        self.raise_notice(signal.Signals(signum).name)
+            exit_now(self.fallback_code, f"second signal {name}: exiting now; the last "
+                                         "committed checkpoint is intact")
+        self.raise_notice(name)
+
+    def _watch(self) -> None:
+        while not self._event.wait(1.0):
+            if self._released.is_set():
+                return
+        assert self._hard_deadline_s is not None
+        remaining = self._hard_deadline_s - self.seconds_since()
+        if self._released.wait(max(0.0, remaining)):
+            return
+        exit_now(self.fallback_code, f"preemption notice {self._hard_deadline_s:.1f}s ago: the "
+                                     "grace period is nearly over; exiting now (the last "
+                                     "committed checkpoint is intact)")
 
     def install(self) -> PreemptionNotice:
         """Handles SIGTERM and SIGINT in this process (main thread only)."""
@@ -76,7 +163,9 @@ class PreemptionNotice:
         return self
 
     def uninstall(self) -> None:
-        """Puts the previous handlers back."""
+        """Puts the previous handlers back and stops the watchdog (for in-process use; a
+        trainer process keeps its handlers to the end)."""
+        self._released.set()
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)  # type: ignore[arg-type]
         self._previous.clear()

@@ -6,6 +6,11 @@ directory, and `flush()` / `close()` upload each event file that changed since t
 upload: event files are append-only and small for scalars, so a whole-file re-upload is cheap
 and a reader always sees a complete prefix of the events.
 
+With `flush_every_s`, a daemon thread flushes (and uploads) on that interval, so a `gs://` log
+dir shows progress during the run and a hard kill loses at most one interval. Its failures
+are logged and retried at the next interval; uploads run outside the lock that `scalars()`
+takes, so a slow upload never stalls the training loop.
+
     with TensorBoardWriter(run_dir + "/logs") as tb:
         tb.scalars(step, {"loss": 2.3, "lr": 1e-3})
 """
@@ -37,15 +42,22 @@ class TensorBoardWriter:
         log_dir_uri: The TensorBoard log directory (`gs://...` or a local path).
         storage: The storage facade for `gs://` log dirs (a default one when None).
         prefix: Prepended to every tag (e.g. `"train/"`).
+        flush_every_s: Flush and upload in the background this often (None: only on
+            `flush()` and `close()`).
 
     Raises:
         ImportError: The `tensorboard` package is not installed.
+        OSError: A local log directory cannot be created.
     """
 
     def __init__(
-        self, log_dir_uri: str, *, storage: Storage | None = None, prefix: str = ""
+        self, log_dir_uri: str, *, storage: Storage | None = None, prefix: str = "",
+        flush_every_s: float | None = None,
     ) -> None:
         from torch.utils.tensorboard import SummaryWriter
+
+        if flush_every_s is not None and flush_every_s <= 0:
+            raise ValueError("flush_every_s must be positive")
 
         self.uri = log_dir_uri.rstrip("/")
         self.prefix = prefix
@@ -57,10 +69,19 @@ class TensorBoardWriter:
         else:
             self._local_dir = location.path
             os.makedirs(self._local_dir, exist_ok=True)
-        self._writer = SummaryWriter(log_dir=self._local_dir)
+        self._writer = SummaryWriter(log_dir=self._local_dir,
+                                     flush_secs=max(1, round(flush_every_s or 120)))
         self._uploaded: dict[str, tuple[int, int]] = {}  # relative path -> (size, mtime_ns)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the SummaryWriter
+        self._upload_lock = threading.Lock()  # one upload pass at a time, in order
         self._closed = False
+        self._stop = threading.Event()
+        self._flusher: threading.Thread | None = None
+        if flush_every_s is not None:
+            self._flusher = threading.Thread(target=self._flush_periodically,
+                                             args=(flush_every_s,), name="tensorboard-flush",
+                                             daemon=True)
+            self._flusher.start()
 
     @property
     def local_dir(self) -> str:
@@ -90,8 +111,11 @@ class TensorBoardWriter:
         Raises:
             StorageError: An upload failed (after the storage layer's retries).
         """
-        with self._lock:
-            self._flush_locked()
+        with self._upload_lock:
+            with self._lock:
+                if not self._closed:
+                    self._writer.flush()
+            self._upload_changed()
 
     def close(self) -> None:
         """Flushes, closes the event file and removes the temporary directory (gs:// only).
@@ -104,14 +128,18 @@ class TensorBoardWriter:
                 return
             self._closed = True
             self._writer.close()
+        self._stop.set()
+        if self._flusher is not None:
+            self._flusher.join()
+        with self._upload_lock:
             try:
-                self._flush_locked()
+                self._upload_changed()
             except StorageError:
                 log.warning("TensorBoard upload to %s failed; event files kept in %s",
                             self.uri, self._local_dir)
                 raise
-            if self._remote:
-                shutil.rmtree(self._local_dir, ignore_errors=True)
+        if self._remote:
+            shutil.rmtree(self._local_dir, ignore_errors=True)
 
     def __enter__(self) -> TensorBoardWriter:
         return self
@@ -124,9 +152,22 @@ class TensorBoardWriter:
     ) -> None:
         self.close()
 
-    def _flush_locked(self) -> None:
-        if not self._closed:
-            self._writer.flush()
+    def _flush_periodically(self, every_s: float) -> None:
+        failing = False
+        while not self._stop.wait(every_s):
+            try:
+                self.flush()
+            except (StorageError, OSError) as exc:
+                # Telemetry is never fatal: the next interval uploads what this one missed.
+                if not failing:
+                    log.warning("TensorBoard flush to %s failed (retrying every %.0fs): %s",
+                                self.uri, every_s, exc)
+                failing = True
+            else:
+                failing = False
+
+    def _upload_changed(self) -> None:
+        """Uploads every event file that changed since its last upload (upload lock held)."""
         if not self._remote:
             return
         assert self._storage is not None
@@ -134,13 +175,14 @@ class TensorBoardWriter:
             for name in sorted(files):
                 path = os.path.join(dirpath, name)
                 rel = os.path.relpath(path, self._local_dir).replace(os.sep, "/")
-                st = os.stat(path)
-                signature = (st.st_size, st.st_mtime_ns)
-                if self._uploaded.get(rel) == signature:
-                    continue
-                # Read once, then write: the writer is idle while we hold the lock, so the
-                # bytes are a complete prefix of the event stream.
-                with open(path, "rb") as f:
-                    data = f.read()
+                # Read under the writer's lock: the writer is idle while we hold it, so the
+                # bytes are a complete prefix of the event stream. Sent outside it.
+                with self._lock:
+                    st = os.stat(path)
+                    signature = (st.st_size, st.st_mtime_ns)
+                    if self._uploaded.get(rel) == signature:
+                        continue
+                    with open(path, "rb") as f:
+                        data = f.read()
                 self._storage.write_bytes(f"{self.uri}/{rel}", data)
                 self._uploaded[rel] = signature
