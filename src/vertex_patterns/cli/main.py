@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from vertex_patterns import __version__
-from vertex_patterns.cli import commands
+from vertex_patterns.cli import commands, cost
 from vertex_patterns.cli.parser import OneLineParser
 from vertex_patterns.errors import ConfigError, VertexPatternsError
 
@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_checkpoints(sub)
     commands.add_train(sub)
     commands.add_launch(sub)
+    cost.add_cost(sub)
     return parser
 
 
