@@ -6,6 +6,7 @@ import os
 
 from kfp import compiler
 
+from vertex_patterns.pipelines.cost_report import cost_report
 from vertex_patterns.pipelines.fan_out_checkpoints import fan_out_checkpoints
 from vertex_patterns.pipelines.replicate_data import replicate_data
 from vertex_patterns.pipelines.spot_train import spot_train
@@ -16,6 +17,7 @@ COMPONENTS = {
     "fan_out_checkpoints": fan_out_checkpoints,
     "verify_checkpoints": verify_checkpoints,
     "spot_train": spot_train,
+    "cost_report": cost_report,
 }
 
 
