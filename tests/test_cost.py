@@ -22,7 +22,6 @@ from vertex_patterns.cost import (
     HourlyRate,
     PriceCatalog,
     SpotRunInputs,
-    compare,
     estimate_spot_run,
     expected_lost_s,
     expected_wall_s,

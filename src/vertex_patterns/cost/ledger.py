@@ -89,16 +89,16 @@ class RunLedger:
 
     def to_dict(self) -> dict[str, Any]:
         """`cost ledger --json`."""
-        return {"machine": self.machine, "cost": round(self.cost, 4),
+        return {"machine": self.machine, "cost": round(self.cost, 6),
                 "machine_hours": round(self.hours, 6),
                 "by_strategy_region": [
                     {"strategy": s, "region": r, "machine_hours": round(h, 6),
-                     "cost": round(c, 4)}
+                     "cost": round(c, 6)}
                     for (s, r), (h, c) in sorted(self.by_strategy_region().items())],
-                "lost_hours": round(self.lost_hours, 6), "lost_cost": round(self.lost_cost, 4),
+                "lost_hours": round(self.lost_hours, 6), "lost_cost": round(self.lost_cost, 6),
                 "preemptions": self.preemptions,
-                "on_demand_cost": round(self.on_demand_cost, 4),
-                "on_demand_uninterrupted_cost": round(self.on_demand_uninterrupted_cost, 4)}
+                "on_demand_cost": round(self.on_demand_cost, 6),
+                "on_demand_uninterrupted_cost": round(self.on_demand_uninterrupted_cost, 6)}
 
     def to_text(self) -> str:
         """A table by strategy and region, then the totals."""
