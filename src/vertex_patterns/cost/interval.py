@@ -54,16 +54,17 @@ def interval_from_costs(*, checkpoint_s: float, mtbf_s: float,
 class AutoCheckpointInterval:
     """Young/Daly's interval from the blocking cost this process measures as it saves.
 
-    Until the first save the interval is Young/Daly's for a guessed C of `initial_cost_s`,
-    at most `initial_s`: short enough to measure C early. After
+    Until the first save the interval is Young/Daly's for `initial_cost_s`: the cost that
+    earlier attempts of the run measured when known (then taken as is), else a guess of
+    1 s, capped at `initial_s` so that C is measured early. After
     each periodic save it is sqrt(2 * median(C so far) * MTBF), clamped to
     [`min_s`, `max_s`]. The median keeps one slow save (a cold cache, a retry) from
     stretching the interval.
 
     Args:
         mtbf_s: Mean time between preemptions, seconds.
-        initial_s: Longest interval before anything was measured.
-        initial_cost_s: C assumed before anything was measured.
+        initial_s: Longest first interval when C is a guess.
+        initial_cost_s: C measured by earlier attempts (None: unknown, guess 1 s).
         min_s: Lower bound (a very cheap save must not mean saving every step).
         max_s: Upper bound.
         window: Saves the median runs over (the most recent).
@@ -72,10 +73,11 @@ class AutoCheckpointInterval:
         ConfigError: A non-positive MTBF or bound, or min_s > max_s.
     """
 
-    def __init__(self, mtbf_s: float, *, initial_s: float = 60.0, initial_cost_s: float = 1.0,
-                 min_s: float = 1.0, max_s: float = 3600.0, window: int = 16) -> None:
-        if mtbf_s <= 0 or initial_s <= 0 or initial_cost_s <= 0 or min_s <= 0 \
-                or max_s < min_s or window < 1:
+    def __init__(self, mtbf_s: float, *, initial_s: float = 60.0,
+                 initial_cost_s: float | None = None, min_s: float = 1.0,
+                 max_s: float = 3600.0, window: int = 16) -> None:
+        if mtbf_s <= 0 or initial_s <= 0 or min_s <= 0 or max_s < min_s or window < 1 \
+                or (initial_cost_s is not None and initial_cost_s < 0):
             raise ConfigError("auto checkpoint interval: MTBF, initial and bounds must be "
                               "positive, with min <= max")
         self.mtbf_s = mtbf_s
@@ -83,7 +85,10 @@ class AutoCheckpointInterval:
         self.max_s = max_s
         self.window = window
         self._costs: list[float] = []
-        first = min(young_daly_interval(initial_cost_s, mtbf_s), initial_s)
+        if initial_cost_s is None:
+            first = min(young_daly_interval(1.0, mtbf_s), initial_s)
+        else:
+            first = young_daly_interval(max(initial_cost_s, 1e-6), mtbf_s)
         self._interval = min(max(first, min_s), max_s)
 
     @property
