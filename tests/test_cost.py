@@ -271,3 +271,29 @@ class TestCliBadInput:
         code, out, _ = cli(capsys, "spot-run", "--on-demand-hourly", "24.8", "--work-hours",
                            "100", "--mtbf-hours", "2", "--checkpoint-seconds", "10", "--json")
         assert code == 0 and json.loads(out)["break_even_preemptions_per_hour"] > 0.5
+
+
+class TestRightsizeProfile:
+    """A real profiled run of `digits` measures what the model holds, and round-trips."""
+
+    def test_profile_and_recommend(self, capsys, tmp_path, monkeypatch) -> None:
+        from vertex_patterns.training.workloads.digits import build
+
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        path = tmp_path / "profile.json"
+        code, out, _ = cli(capsys, "rightsize", "--workload", "digits", "--steps", "3",
+                           "--region", "us-central1", "--save-profile", str(path), "--json")
+        body = json.loads(out)
+        profile = body["profile"]
+        import torch
+
+        model = build(seed=0, device=torch.device("cpu")).model
+        params = sum(p.numel() for p in model.parameters())
+        assert code == 0 and profile["parameters"] == params
+        # fp32 parameters + gradients + Adam's two moments, at least
+        assert profile["state_gb"] * 1024**3 >= 4 * params * 4
+        assert profile["peak_device_gb"] >= profile["state_gb"] and profile["step_s"] > 0
+        assert body["machine_type"] and all(c["fits"] for c in body["considered"])
+        code, again, _ = cli(capsys, "rightsize", "--profile", str(path), "--region",
+                             "us-central1", "--json")
+        assert code == 0 and json.loads(again)["machine_type"] == body["machine_type"]

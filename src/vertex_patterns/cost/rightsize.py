@@ -1,11 +1,12 @@
 """Right-sizing: profile a few steps of a workload, then pick the machine that fits it with
 headroom at the lowest cost per training step.
 
-The profile (`profile_workload`) runs `steps` optimizer steps under `torch.profiler` with
-memory profiling and records: parameter count, the bytes of parameters, gradients and
-optimizer state, the activations the forward pass keeps for backward (the profiler's memory
-record of the forward), peak host memory of the process (`ru_maxrss`), peak device memory
-(CUDA's allocator peak on a GPU; state plus activations on CPU) and the median step time.
+The profile (`profile_workload`) runs one optimizer step under `torch.profiler` with memory
+profiling, then `steps - 1` timed ones without it, and records: parameter count, the bytes of
+parameters, gradients and optimizer state, the activations the forward pass keeps for
+backward (the profiler's memory record of the forward), peak host memory of the process
+(`ru_maxrss`), peak device memory (CUDA's allocator peak on a GPU; state plus activations on
+CPU) and the median step time.
 
 The recommendation (`recommend`) keeps the configurations whose host memory and per-GPU
 memory hold the need times (1 + headroom) — data parallel, each GPU holds a full replica —
@@ -98,20 +99,26 @@ def profile_workload(workload: str, *, steps: int = 5, seed: int = 0) -> Workloa
     sampler = EpochSampler(w.dataset_size, w.batch_size, seed)
     position = sampler.start_position()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    times = []
+
+    def one_step() -> float:
+        nonlocal position
+        started = time.perf_counter()
+        batch = w.get_batch(sampler.batch_ids(position))
+        w.optimizer.zero_grad(set_to_none=True)
+        with record_function("vp_forward"):
+            loss = w.loss_fn(w.model, batch)
+        loss.backward()
+        w.optimizer.step()
+        if cuda:
+            torch.cuda.synchronize()
+        position = sampler.next_position(position)
+        return time.perf_counter() - started
+
+    # The first step runs under the profiler for memory (it also creates the optimizer
+    # state); the others are timed without it, whose overhead would inflate step time.
     with profile(activities=activities, profile_memory=True) as prof:
-        for _ in range(steps):
-            started = time.perf_counter()
-            batch = w.get_batch(sampler.batch_ids(position))
-            w.optimizer.zero_grad(set_to_none=True)
-            with record_function("vp_forward"):
-                loss = w.loss_fn(w.model, batch)
-            loss.backward()
-            w.optimizer.step()
-            if cuda:
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - started)
-            position = sampler.next_position(position)
+        one_step()
+    times = [one_step() for _ in range(steps - 1)]
     forward = [e for e in prof.events() if e.name == "vp_forward"]
     field = "device_memory_usage" if cuda else "cpu_memory_usage"
     activations = max((max(getattr(e, field, 0) or 0, 0) for e in forward), default=0)
@@ -133,7 +140,7 @@ def profile_workload(workload: str, *, steps: int = 5, seed: int = 0) -> Workloa
         workload=workload, parameters=sum(p.numel() for p in params), state_gb=state / GB,
         activations_gb=activations / GB,
         peak_host_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GB,
-        peak_device_gb=peak_device / GB, step_s=statistics.median(times[1:]), device=gpu)
+        peak_device_gb=peak_device / GB, step_s=statistics.median(times), device=gpu)
 
 
 @dataclass(frozen=True)
@@ -189,11 +196,11 @@ class Recommendation:
         need_dev = p.peak_device_gb * (1 + self.headroom)
         need_host = p.peak_host_gb * (1 + self.headroom)
         lines = [f"profile of {p.workload} on {p.device}: {p.parameters:,} parameters, state "
-                 f"{p.state_gb:.3f} GB, activations {p.activations_gb:.3f} GB, peak device "
-                 f"{p.peak_device_gb:.3f} GB, peak host {p.peak_host_gb:.2f} GB, step "
-                 f"{p.step_s * 1000:.1f} ms",
-                 f"needs with {100 * self.headroom:g}% headroom: {need_dev:.2f} GB per GPU, "
-                 f"{need_host:.2f} GB host",
+                 f"{p.state_gb:.3g} GB, activations {p.activations_gb:.3g} GB, peak device "
+                 f"{p.peak_device_gb:.3g} GB, peak host {p.peak_host_gb:.3g} GB, step "
+                 f"{p.step_s * 1000:.3g} ms",
+                 f"needs with {100 * self.headroom:g}% headroom: {need_dev:.3g} GB per GPU, "
+                 f"{need_host:.3g} GB host",
                  f"recommended: {b.shape.label} in {self.region} ({self.strategy}) at "
                  f"${b.hourly:,.4f}/h: {b.why}"]
         fitting = sorted((c for c in self.candidates if c.fits), key=_rank)
@@ -253,7 +260,7 @@ def recommend(profile: WorkloadProfile, catalog: PriceCatalog, *, region: str,
             out.append(Candidate(shape, hourly, False, why, tflops, step))
         else:
             why = (f"{shape.gpu_memory_gb:g} GB per GPU and {shape.memory_gb:g} GB host hold "
-                   f"{need_dev:.2f} / {need_host:.2f} GB")
+                   f"{need_dev:.3g} / {need_host:.3g} GB")
             out.append(Candidate(shape, hourly, True, why, tflops, step))
     fitting = [c for c in out if c.fits]
     if not fitting:
