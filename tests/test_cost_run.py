@@ -24,13 +24,17 @@ from vertex_patterns.storage import Storage
 R1, R2, R3 = "us-east1", "us-west1", "europe-west4"
 
 
-def test_bad_auto_flags(capsys) -> None:
+def test_bad_auto_flags(capsys, tmp_path) -> None:
     from vertex_patterns.training.cli import main as train_main
 
-    code = train_main(["--workload", "digits", "--run-dir", "/tmp/x-never", "--max-steps", "5",
+    run = str(tmp_path / "run")
+    code = train_main(["--workload", "digits", "--run-dir", run, "--max-steps", "5",
                        "--checkpoint-every-seconds", "auto", "--mtbf-hours", "0"])
     assert code == 2 and "--mtbf-hours" in capsys.readouterr().err
-    assert not os.path.exists("/tmp/x-never")
+    code = train_main(["--workload", "digits", "--run-dir", run, "--max-steps", "5",
+                       "--checkpoint-every-seconds", "60", "--mtbf-hours", "2"])
+    assert code == 2 and "only with --checkpoint-every-seconds auto" in capsys.readouterr().err
+    assert not os.path.exists(run)
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +119,10 @@ def test_cost_report_component_and_ledger(launched, kfp_local, capsys) -> None:
     assert rows[R1]["machine_hours"] == 0 and rows[R1]["cost"] == 0
     assert 0 < body["cost"] < body["on_demand_cost"]
     assert body["lost_hours"] > 0 and body["lost_cost"] > 0
+
+    # The run directory alone: its attempt, at the Spot price of the region given.
+    code = cli_main(["cost", "ledger", run_dir, "--machine-type", "n1-standard-4", "--region",
+                     R3, "--json"])
+    alone = json.loads(capsys.readouterr().out)
+    assert code == 0 and alone["by_strategy_region"][0]["region"] == R3
+    assert 0 < alone["cost"] < alone["on_demand_cost"]

@@ -96,6 +96,12 @@ class CostReport:
         spot = line([(p[0], p[1]) for p in self.curve], "#d62728")
         od = line([(p[0], p[2]) for p in self.curve], "#1f77b4")
         mx, my = px(min(self.observed_per_hour, x_max)), py(self.ledger.cost)
+        be = self.break_even_per_hour
+        crossing = "" if not (math.isfinite(be) and 0 < be <= x_max) else (
+            f'<line x1="{px(be):.1f}" y1="{top}" x2="{px(be):.1f}" y2="{height - bottom}" '
+            'stroke="gray" stroke-dasharray="4 3"/>'
+            f'<text x="{px(be) + 4:.1f}" y="{height - bottom - 6}" font-size="11" '
+            f'fill="gray">break-even {be:.3g}/h</text>')
         parts = [
             f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
             f'role="img" aria-label="expected cost against preemption rate">',
@@ -103,7 +109,7 @@ class CostReport:
             f'<line x1="{left}" y1="{height - bottom}" x2="{width - right}" '
             f'y2="{height - bottom}" stroke="black"/>',
             f'<line x1="{left}" y1="{top}" x2="{left}" y2="{height - bottom}" stroke="black"/>',
-            spot, od,
+            spot, od, crossing,
             f'<circle cx="{mx:.1f}" cy="{my:.1f}" r="5" fill="black"><title>this run: '
             f'{self.observed_per_hour:.3g}/h, ${self.ledger.cost:,.4f}</title></circle>',
             f'<text x="{mx + 8:.1f}" y="{my - 8:.1f}" font-size="12">this run</text>',

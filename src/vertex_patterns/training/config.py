@@ -140,6 +140,8 @@ class TrainConfig:
                               "interval")
         if self.mtbf_hours is not None and not self.mtbf_hours > 0:
             raise ConfigError(f"--mtbf-hours must be > 0, got {self.mtbf_hours}")
+        if self.mtbf_hours is not None and not self.checkpoint_auto:
+            raise ConfigError("--mtbf-hours is used only with --checkpoint-every-seconds auto")
         if self.keep_last <= 0:
             raise ConfigError(f"--keep-last must be > 0, got {self.keep_last}")
         if self.grace_seconds <= 0:
