@@ -57,6 +57,7 @@ bench: venv bench-deps
 	$(BIN)/python bench/replication.py
 	$(BIN)/python bench/checkpoint.py
 	$(BIN)/python bench/goodput.py
+	$(BIN)/python bench/cost_interval.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

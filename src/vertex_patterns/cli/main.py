@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 
 from vertex_patterns import __version__
-from vertex_patterns.cli import commands, emulators, pipelines
+from vertex_patterns.cli import commands, cost, emulators, pipelines
 from vertex_patterns.cli.parser import OneLineParser
 from vertex_patterns.errors import ConfigError, VertexPatternsError
 
@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_checkpoints(sub)
     commands.add_train(sub)
     commands.add_launch(sub)
+    cost.add_cost(sub)
     return parser
 
 

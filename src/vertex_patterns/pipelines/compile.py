@@ -18,6 +18,7 @@ from typing import Any
 from kfp import compiler
 
 from vertex_patterns.errors import ConfigError
+from vertex_patterns.pipelines.cost_report import cost_report
 from vertex_patterns.pipelines.data_replication import data_replication
 from vertex_patterns.pipelines.dr_drill import dr_drill
 from vertex_patterns.pipelines.dr_drill_steps import dr_report, dr_restore
@@ -40,6 +41,7 @@ COMPONENTS: dict[str, Callable[..., Any]] = {
     "dr_restore": dr_restore,
     "dr_report": dr_report,
     "publish_report": publish_report,
+    "cost_report": cost_report,
 }
 
 PIPELINES: dict[str, Callable[..., Any]] = {

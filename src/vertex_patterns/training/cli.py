@@ -37,8 +37,12 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps", type=int, required=True, help="optimizer steps in all")
     every = p.add_mutually_exclusive_group()
     every.add_argument("--checkpoint-every-steps", type=int, metavar="K")
-    every.add_argument("--checkpoint-every-seconds", type=float, metavar="S",
-                       help="default 300 when neither interval is given")
+    every.add_argument("--checkpoint-every-seconds", type=_seconds_or_auto, metavar="S",
+                       help="default 300 when neither interval is given; 'auto': Young/Daly "
+                            "from the measured save cost and the MTBF")
+    p.add_argument("--mtbf-hours", type=float, metavar="H",
+                   help="with 'auto': mean time between preemptions (default: estimated "
+                        "from the run's earlier attempts)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--deterministic", action="store_true",
                    help="deterministic algorithms: resumed runs match uninterrupted ones")
@@ -62,6 +66,16 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="flush/upload TensorBoard event files this often (30)")
 
 
+def _seconds_or_auto(text: str) -> float | str:
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds or 'auto'") \
+            from None
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The TrainConfig the flags describe (raises ConfigError on bad values)."""
     from vertex_patterns.training.config import run_dir_from_environment
@@ -70,7 +84,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         workload=args.workload, run_dir=args.run_dir or run_dir_from_environment(),
         max_steps=args.max_steps, seed=args.seed,
         checkpoint_every_steps=args.checkpoint_every_steps,
-        checkpoint_every_seconds=args.checkpoint_every_seconds,
+        checkpoint_every_seconds=None if args.checkpoint_every_seconds == "auto"
+        else args.checkpoint_every_seconds,
+        checkpoint_auto=args.checkpoint_every_seconds == "auto", mtbf_hours=args.mtbf_hours,
         deterministic=args.deterministic, replicas=tuple(args.replica),
         keep_last=args.keep_last, grace_seconds=args.grace_seconds,
         grace_margin_seconds=args.grace_margin_seconds, metadata_url=args.metadata_url,

@@ -133,6 +133,11 @@ class TrainConfig:
     checkpoint_every_seconds: float | None = None
     """Save when this many seconds have passed since the last save (default 300 when neither
     interval is given)."""
+    checkpoint_auto: bool = False
+    """`--checkpoint-every-seconds auto`: Young/Daly's interval from the measured save cost."""
+    mtbf_hours: float | None = None
+    """With `checkpoint_auto`: the mean time between preemptions (None: estimated from the
+    run's earlier attempts)."""
     deterministic: bool = False
     """torch deterministic algorithms: a resumed run matches an uninterrupted one bit for bit."""
     replicas: tuple[str, ...] = ()
@@ -175,6 +180,14 @@ class TrainConfig:
         if self.checkpoint_every_steps is not None and self.checkpoint_every_seconds is not None:
             raise ConfigError("give --checkpoint-every-steps or --checkpoint-every-seconds, "
                               "not both")
+        if self.checkpoint_auto and (self.checkpoint_every_steps is not None
+                                     or self.checkpoint_every_seconds is not None):
+            raise ConfigError("--checkpoint-every-seconds auto cannot be combined with a fixed "
+                              "interval")
+        if self.mtbf_hours is not None and not self.mtbf_hours > 0:
+            raise ConfigError(f"--mtbf-hours must be > 0, got {self.mtbf_hours}")
+        if self.mtbf_hours is not None and not self.checkpoint_auto:
+            raise ConfigError("--mtbf-hours is used only with --checkpoint-every-seconds auto")
         if self.keep_last <= 0:
             raise ConfigError(f"--keep-last must be > 0, got {self.keep_last}")
         if self.grace_seconds <= 0:

@@ -37,6 +37,7 @@ from torch import nn
 from vertex_patterns.checkpoint import CheckpointDeadlineError, CheckpointManager
 from vertex_patterns.errors import ConfigError
 from vertex_patterns.storage import Storage
+from vertex_patterns.training.auto_interval import AutoSavePolicy
 from vertex_patterns.training.cluster import Cluster, init_cluster
 from vertex_patterns.training.config import (
     EXIT_OK,
@@ -250,6 +251,9 @@ class _Loop:
         self.fingerprint = fingerprint
         self.params = [p for p in workload.model.parameters() if p.requires_grad]
         self.last_save = time.monotonic()
+        self.auto = AutoSavePolicy.for_run(trainer.paths.run_dir, trainer.store,
+                                           self.config.mtbf_hours) \
+            if self.config.checkpoint_auto else None
 
     def _emit(self, step: int, record: dict[str, Any]) -> None:
         if self.metrics is not None:
@@ -292,6 +296,8 @@ class _Loop:
         return float(t[0]) / self.cluster.world_size, bool(t[1] > 0), bool(t[2] > 0)
 
     def _save_due(self, step: int) -> bool:
+        if self.auto is not None:
+            return self.auto.due(time.monotonic() - self.last_save)
         every = self.config.checkpoint_every_steps
         if every is not None:
             return step % every == 0
@@ -311,6 +317,8 @@ class _Loop:
                        metrics=metrics, blocking=blocking, deadline_s=deadline_s)
         blocked = time.monotonic() - started
         self.last_save = time.monotonic()
+        if self.auto is not None and not blocking:
+            self.auto.observe(blocked)
         if self.ledger is not None:
             self.ledger.checkpoint(step, blocked)
         self._emit(step, {"event": "checkpoint", "blocking_s": round(blocked, 6),
