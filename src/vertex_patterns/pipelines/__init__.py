@@ -4,6 +4,7 @@ The only area that imports kfp. A user's own pipeline reuses the pieces directly
 `from vertex_patterns.pipelines import replicate_data, spot_training`.
 """
 
+from vertex_patterns.pipelines.cost_report import cost_report
 from vertex_patterns.pipelines.data_replication import data_replication
 from vertex_patterns.pipelines.dr_drill import dr_drill
 from vertex_patterns.pipelines.dr_drill_steps import dr_report, dr_restore
@@ -16,7 +17,7 @@ from vertex_patterns.pipelines.verify_checkpoints import verify_checkpoints
 from vertex_patterns.pipelines.verify_replicas import verify_replicas
 
 __all__ = [
-    "data_replication", "dr_drill", "dr_report", "dr_restore", "fan_out_checkpoints",
+    "cost_report", "data_replication", "dr_drill", "dr_report", "dr_restore", "fan_out_checkpoints",
     "publish_report", "replicate_data", "spot_train", "spot_training", "verify_checkpoints",
     "verify_replicas",
 ]

@@ -19,6 +19,7 @@ def cost_report(
     metrics: dsl.Output[dsl.Metrics],
     accelerator: str = "",
     region: str = "",
+    report_dir: str = "",
 ) -> None:
     """Prices a launched run: what it cost, what it lost to preemptions, what on demand would cost.
 
@@ -38,6 +39,8 @@ def cost_report(
             preemptions, preemptions_per_hour, break_even_preemptions_per_hour (-1: never).
         accelerator: `TYPE:COUNT` such as `T4:1` for N1 machines; empty otherwise.
         region: Region whose prices the plot uses; empty: the launch's final region.
+        report_dir: Also write the metrics as `<report_dir>/cost.json`, where the run report
+            (`publish_report`) picks them up.
 
     Raises:
         ValueError: Unknown machine or region, a price missing from the catalog, or a run
@@ -56,3 +59,8 @@ def cost_report(
         f.write(result.to_markdown())
     with open(plot.path, "w") as f:
         f.write(result.to_html())
+    if report_dir:
+        from vertex_patterns.storage import Storage
+
+        Storage().write_bytes(f"{report_dir.rstrip('/')}/cost.json",
+                              json.dumps(result.metrics()).encode())

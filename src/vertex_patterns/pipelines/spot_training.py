@@ -3,14 +3,16 @@
 No `from __future__ import annotations` here: KFP reads the parameter annotations at
 decoration time and needs real types, not strings.
 
-    replicate_data ──> spot_train ──> verify_checkpoints ──> [health_check, cost_report]
-    (primary bucket    (Spot, failover,   (final region's      (their place: after training,
-     to each region)    fan-out, resume)    checkpoints)         reading spot_train's outputs)
+    replicate_data ──> spot_train ──> verify_checkpoints
+    (primary bucket    (Spot, failover,   (final region's checkpoints)
+     to each region)    fan-out, resume)
+                               └────────> cost_report (the run's cost; into the report)
     publish_report runs in the exit handler, whether the run succeeded or not.
 """
 
 from kfp import dsl
 
+from vertex_patterns.pipelines.cost_report import cost_report
 from vertex_patterns.pipelines.image import IMAGE
 from vertex_patterns.pipelines.publish_report import publish_report
 from vertex_patterns.pipelines.replicate_data import replicate_data
@@ -86,4 +88,8 @@ def spot_training(
         verify = verify_checkpoints(checkpoint_dir=train.outputs["checkpoint_dir"])
         verify.set_caching_options(False)
         verify.set_retry(num_retries=2, backoff_duration="10s")  # read-only: safe to retry
-        # Health checks and the cost report plug in here, reading train.outputs["run_dir"].
+        cost = cost_report(history=train.outputs["history"], run_dir=train.outputs["run_dir"],
+                           machine_type=machine_type, accelerator=accelerator,
+                           report_dir=report_dir)
+        cost.set_caching_options(False)
+        # Health checks plug in here too, reading train.outputs["run_dir"].

@@ -361,4 +361,17 @@ def collect_run_summary(
         final_eval=final_eval, tasks=task_runs, attempts=attempts, loss=loss,
         markers=markers, goodput=goodput, checkpoints=copies,
         overhead=_overhead(task_runs, job_seconds), origin=origin, history_uri=history_uri,
-        run_dir_template=run_dir_template, missing=reader.missing)
+        run_dir_template=run_dir_template, missing=reader.missing,
+        cost=_cost(reader.store, history_uri))
+
+
+def _cost(store: Storage, history_uri: str) -> dict[str, float] | None:
+    """The `cost_report` step's figures, kept as ``cost.json`` beside the launch history."""
+    uri = f"{history_uri.rsplit('/', 1)[0]}/cost.json" if "/" in history_uri else ""
+    try:
+        body = json.loads(store.read_bytes(uri)) if uri else None
+    except (VertexPatternsError, ValueError):
+        return None
+    if not isinstance(body, dict):
+        return None
+    return {k: float(v) for k, v in body.items() if isinstance(v, (int, float))}

@@ -209,6 +209,9 @@ class RunSummary:
         history_uri: Where the launch history was read.
         run_dir_template: Per-region run directory template.
         missing: What could not be read, one line each.
+        cost: The `cost_report` step's figures (``cost.json`` beside the launch history:
+            ``cost_usd``, ``on_demand_cost_usd``, ``savings_pct``, ``lost_cost_usd``, ...);
+            None when the run has none.
     """
 
     state: str
@@ -234,6 +237,7 @@ class RunSummary:
     history_uri: str
     run_dir_template: str
     missing: list[str] = field(default_factory=list)
+    cost: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The `summary.json` document (JSON-serialisable)."""

@@ -41,6 +41,11 @@ def headline_rows(summary: RunSummary) -> list[tuple[str, str]]:
     if summary.final_eval:
         rows.append(("held-out", ", ".join(f"{k} {v:.4g}"
                                            for k, v in sorted(summary.final_eval.items()))))
+    if summary.cost:
+        c = summary.cost
+        rows.append(("cost", f"${c.get('cost_usd', 0):,.4f} (on demand "
+                     f"${c.get('on_demand_cost_usd', 0):,.4f}, {c.get('savings_pct', 0):.1f}% "
+                     f"saved); ${c.get('lost_cost_usd', 0):,.4f} lost to preemptions"))
     if summary.overhead is not None:
         o = summary.overhead
         rows.append(("orchestration overhead", f"{o.overhead_s:.1f} s of {o.job_s:.1f} s "
