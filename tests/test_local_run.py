@@ -36,7 +36,7 @@ class TestSpotTrainingLocally:
         for key in ("state", "regions_used", "preemptions", "steps", "goodput_pct",
                     "model_uri", "tasks"):
             assert key in summary, key
-        assert summary["state"] == "PIPELINE_STATE_SUCCEEDED"
+        assert summary["state"] == "SUCCEEDED"
         assert summary["preemptions"] == 1
         assert "europe-west4" in str(summary["regions_used"])
         assert summary["steps"] == 3000
@@ -55,6 +55,6 @@ class TestSpotTrainingLocally:
                          r: everywhere for r in ("us-central1", "us-east1", "europe-west4")})])
         assert code == 1
         summary = json.loads((out / "summary.json").read_text())
-        assert summary["state"] == "PIPELINE_STATE_FAILED"
+        assert summary["state"] == "FAILED"
         assert "spot-train" in capsys.readouterr().err
         assert (out / "report.html").exists()
