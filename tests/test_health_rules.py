@@ -216,7 +216,7 @@ class TestEvents:
 
     def test_rewind_resolves_the_spike(self):
         losses = noisy_decay(300)
-        records = stream(losses[:200] + [30.0, 30.0])
+        records = stream([*losses[:200], 30.0, 30.0])
         records.append({"event": "rewind", "step": 202, "to_step": 190,
                         "skipped_batches": 12})
         records += [{**r, "step": r["step"] + 190} for r in stream(losses[190:260])]
@@ -227,7 +227,7 @@ class TestEvents:
         assert verdict_of(findings) == Verdict.HEALTHY
 
     def test_incident_names_its_action(self):
-        records = stream(noisy_decay(50) + [float("nan")])
+        records = stream([*noisy_decay(50), float("nan")])
         records.append({"event": "incident", "rule": "non_finite", "severity": "critical",
                         "action": "stopped (exit 3)", "step": 51})
         findings = loss_findings(records, HealthConfig())

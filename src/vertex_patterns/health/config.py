@@ -105,15 +105,17 @@ class HealthConfig:
         if self.spike_min_history > self.spike_window:
             raise ConfigError(f"health: spike_min_history ({self.spike_min_history}) must not "
                               f"exceed spike_window ({self.spike_window})")
-        for name, value in {"spike_factor": self.spike_factor,
-                            "straggler_factor": self.straggler_factor}.items():
-            if not value > 1:
-                raise ConfigError(f"health: {name} must be > 1, got {value}")
-        for name, value in {"divergence_rise": self.divergence_rise,
-                            "stall_floor_s": self.stall_floor_s,
-                            "stall_factor": self.stall_factor, "rpo_s": self.rpo_s}.items():
-            if not value > 0:
-                raise ConfigError(f"health: {name} must be > 0, got {value}")
+        factors: dict[str, float] = {"spike_factor": self.spike_factor,
+                                     "straggler_factor": self.straggler_factor}
+        for name, factor in factors.items():
+            if not factor > 1:
+                raise ConfigError(f"health: {name} must be > 1, got {factor}")
+        positive: dict[str, float] = {"divergence_rise": self.divergence_rise,
+                                      "stall_floor_s": self.stall_floor_s,
+                                      "stall_factor": self.stall_factor, "rpo_s": self.rpo_s}
+        for name, amount in positive.items():
+            if not amount > 0:
+                raise ConfigError(f"health: {name} must be > 0, got {amount}")
         if not 0 < self.rpo_warning_fraction <= 1:
             raise ConfigError("health: rpo_warning_fraction must be in (0, 1]")
         if not 0 <= self.utilization_min_pct <= 100:

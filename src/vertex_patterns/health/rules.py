@@ -7,6 +7,7 @@ count of consecutive records or a duration before it fires (see `HealthConfig`).
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
@@ -98,7 +99,7 @@ def stall_finding(steps: Sequence[Record], config: HealthConfig, now: float
     times = [t for t in (as_float(r.get("time")) for r in steps) if t is not None]
     if not times:
         return None
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False) if b >= a]
+    gaps = [b - a for a, b in itertools.pairwise(times) if b >= a]
     typical = statistics.median(gaps) if gaps else 0.0
     limit = max(config.stall_floor_s, config.stall_factor * typical)
     idle = now - times[-1]
