@@ -7,32 +7,11 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
-import torch
 
-from vertex_patterns.checkpoint import CheckpointManager
+from helpers.health_runs import write_run
 from vertex_patterns.cli.main import main
-from vertex_patterns.storage import Storage
-from vertex_patterns.training.metrics import MetricsStream
-
-
-def write_run(run_dir: str, losses: list[float], *, checkpoint: bool = True,
-              completed: bool = False, store: Storage | None = None) -> None:
-    """A run directory as the trainer leaves it: metrics chunks, a checkpoint, a model."""
-    store = store or Storage()
-    now = time.time()
-    with MetricsStream(f"{run_dir}/metrics", attempt="20261201T000000Z-aaaa",
-                       storage=store) as stream:
-        for i, loss in enumerate(losses):
-            stream.write({"step": i + 1, "loss": loss, "grad_norm": 1.0,
-                          "time": now - len(losses) + i})
-    if checkpoint:
-        with CheckpointManager(f"{run_dir}/checkpoints", storage=store) as ckpt:
-            ckpt.save(len(losses), {"w": torch.zeros(2), "step": len(losses)}, blocking=True)
-    if completed:
-        store.write_bytes(f"{run_dir}/model/config.json", b"{}")
 
 
 def health(capsys, *args: str) -> tuple[int, str, str]:

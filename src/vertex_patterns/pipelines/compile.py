@@ -7,6 +7,7 @@ import os
 from kfp import compiler
 
 from vertex_patterns.pipelines.fan_out_checkpoints import fan_out_checkpoints
+from vertex_patterns.pipelines.health_check import health_check
 from vertex_patterns.pipelines.replicate_data import replicate_data
 from vertex_patterns.pipelines.spot_train import spot_train
 from vertex_patterns.pipelines.verify_checkpoints import verify_checkpoints
@@ -16,6 +17,7 @@ COMPONENTS = {
     "fan_out_checkpoints": fan_out_checkpoints,
     "verify_checkpoints": verify_checkpoints,
     "spot_train": spot_train,
+    "health_check": health_check,
 }
 
 
