@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from vertex_patterns import __version__
 from vertex_patterns.cli import commands
 from vertex_patterns.cli import health as health_cli
+from vertex_patterns.cli import monitoring as monitoring_cli
 from vertex_patterns.cli.parser import OneLineParser
 from vertex_patterns.errors import ConfigError, VertexPatternsError
 
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_train(sub)
     commands.add_launch(sub)
     health_cli.add_health(sub)
+    monitoring_cli.add_monitoring(sub)
     return parser
 
 
