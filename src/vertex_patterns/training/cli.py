@@ -11,16 +11,20 @@ from vertex_patterns.errors import ConfigError
 from vertex_patterns.training.config import (
     EXIT_BAD_INPUT,
     EXIT_ERROR,
+    EXIT_HUNG,
     EXIT_PREEMPTED,
     EXIT_PREEMPTED_UNSAVED,
+    EXIT_UNHEALTHY,
     TrainConfig,
 )
+from vertex_patterns.training.health_config import add_health_arguments, health_from_args
 
 log = logging.getLogger("vertex_patterns.training")
 
 EPILOG = (f"exit codes: 0 completed; {EXIT_PREEMPTED} preempted after committing a checkpoint "
           f"(restart to resume); {EXIT_PREEMPTED_UNSAVED} preempted without a new checkpoint "
-          f"(the previous one is intact); {EXIT_ERROR} failed; {EXIT_BAD_INPUT} bad input")
+          f"(the previous one is intact); {EXIT_ERROR} failed; {EXIT_BAD_INPUT} bad input; "
+          f"{EXIT_UNHEALTHY} unhealthy (health incident); {EXIT_HUNG} hung")
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -53,6 +57,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--record-samples", action="store_true",
                    help="write each step's sample ids into the metrics stream")
     p.add_argument("--wandb-project", metavar="NAME", help="mirror metrics to W&B")
+    add_health_arguments(p)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -66,7 +71,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         grace_margin_seconds=args.grace_margin_seconds, metadata_url=args.metadata_url,
         metadata_poll_seconds=args.metadata_poll_seconds,
         eval_every_steps=args.eval_every_steps, log_every_steps=args.log_every_steps,
-        record_samples=args.record_samples, wandb_project=args.wandb_project)
+        record_samples=args.record_samples, wandb_project=args.wandb_project,
+        health=health_from_args(args))
 
 
 def run_train(args: argparse.Namespace) -> int:

@@ -41,6 +41,7 @@ from vertex_patterns.training.config import (
     TrainConfig,
 )
 from vertex_patterns.training.goodput import GoodputRecorder, process_start_time
+from vertex_patterns.training.health_hook import HealthHook
 from vertex_patterns.training.metrics import MetricsStream, accelerator_stats, new_attempt_id
 from vertex_patterns.training.preemption import MetadataWatcher, PreemptionNotice
 from vertex_patterns.training.rng import capture_rng, restore_rng, seed_everything
@@ -184,6 +185,7 @@ class Trainer:
                 stack.callback(mirror.finish)
             loop = _Loop(self, cluster, workload, model, sampler, ckpt, ledger, metrics, tb,
                          mirror, fingerprint)
+            stack.callback(loop.health.close)
             return loop.run(step, position)
 
 
@@ -209,6 +211,7 @@ class _Loop:
         self.fingerprint = fingerprint
         self.params = [p for p in workload.model.parameters() if p.requires_grad]
         self.last_save = time.monotonic()
+        self.health = HealthHook.maybe(self)
 
     def _emit(self, step: int, record: dict[str, Any]) -> None:
         if self.metrics is not None:
@@ -303,6 +306,12 @@ class _Loop:
                 if step % config.log_every_steps == 0 or step == max_steps:
                     log.info("step %d/%d loss %.4f", step, max_steps, loss,
                              extra={"json_fields": {"step": step, "loss": loss}})
+            verdict = self.health.after_step(step, loss, grad_norm, position)
+            if verdict.exit_code is not None or verdict.rewound:
+                if verdict.exit_code is not None:
+                    return verdict.exit_code
+                step, position = verdict.step, verdict.position or position
+                continue
             if stop:
                 return self._preempted(step, position)
             if step < max_steps and config.eval_every_steps and \
