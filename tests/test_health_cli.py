@@ -91,3 +91,48 @@ class TestBadInput:
         assert proc.returncode == 2
         assert proc.stderr.strip().count("\n") == 0 and "does not exist" in proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+class TestCancelJobOnCritical:
+    """On a critical verdict the CustomJob is cancelled through the aiplatform SDK (against
+    the Vertex AI emulator); --dry-run only says so, and leaves the job running."""
+
+    def test_dry_run_then_cancel(self, vertex_emulator, tmp_path, capsys):
+        from google.cloud import aiplatform
+        from google.cloud.aiplatform_v1.types import JobState
+
+        from conftest import wait_for
+        from vertex_patterns.vertex_client import init_aiplatform
+
+        init_aiplatform("emu-project", "us-central1")
+        job = aiplatform.CustomJob(
+            display_name="sick-run", staging_bucket="gs://unused-staging",
+            worker_pool_specs=[{"machine_spec": {"machine_type": "n1-standard-4"},
+                                "replica_count": 1, "container_spec": {
+                                    "image_uri": "us-docker.pkg.dev/emu/trainer:1",
+                                    "command": [sys.executable, "-c",
+                                                "import time; time.sleep(120)"]}}])
+        job.submit()
+        # `state` reads the job again on each access.
+        wait_for(lambda: job.state == JobState.JOB_STATE_RUNNING, what="job running")
+        run = str(tmp_path / "run")
+        write_run(run, [2.0] * 30 + [float("nan")])
+
+        code, out, _ = health(capsys, run, "--json", "--cancel-job", job.resource_name,
+                              "--dry-run")
+        assert code == 1
+        (finding,) = json.loads(out)["findings"]
+        assert finding["action"] == f"would cancel {job.resource_name} (dry run)"
+        assert job.state == JobState.JOB_STATE_RUNNING
+
+        code, out, _ = health(capsys, run, "--json", "--cancel-job", job.resource_name)
+        assert code == 1
+        assert json.loads(out)["findings"][0]["action"] == f"cancelled {job.resource_name}"
+        wait_for(lambda: job.state == JobState.JOB_STATE_CANCELLED,
+                 what="job cancelled")
+
+    def test_bad_job_name(self, tmp_path, capsys):
+        run = str(tmp_path / "run")
+        write_run(run, [2.0] * 3)
+        code, _, err = health(capsys, run, "--cancel-job", "customJobs/1")
+        assert code == 2 and "is not a CustomJob name" in err

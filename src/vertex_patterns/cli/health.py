@@ -1,4 +1,4 @@
-"""`vertex-patterns health RUN_DIR [--follow] [--rpo TIER] [--json]`."""
+"""`vertex-patterns health RUN_DIR [--follow] [--rpo TIER] [--json] [--cancel-job NAME]`."""
 
 from __future__ import annotations
 
@@ -37,6 +37,11 @@ def add_health(sub: Any) -> None:
     p.add_argument("--poll-seconds", type=float, default=30.0, help="with --follow (30)")
     p.add_argument("--timeout-seconds", type=float, metavar="S",
                    help="with --follow: stop following after S seconds")
+    p.add_argument("--cancel-job", metavar="NAME",
+                   help="on a critical verdict, cancel this CustomJob "
+                        "(projects/P/locations/R/customJobs/ID) through the Vertex AI SDK")
+    p.add_argument("--dry-run", action="store_true",
+                   help="with --cancel-job: report what would be done, send nothing")
     p.add_argument("--json", action="store_true",
                    help='print {"verdict", "findings": [{"rule", "severity", "step", '
                         '"evidence", "action"}]}')
@@ -47,6 +52,7 @@ def run_health(args: argparse.Namespace) -> int:
     """Parses nothing further: builds the config, calls the core, prints."""
     from vertex_patterns.errors import ConfigError
     from vertex_patterns.health import HealthConfig, Verdict, check_run, follow_run, rpo_seconds
+    from vertex_patterns.health.respond import cancel_on_critical, parse_job_name
 
     rpo = rpo_seconds(args.rpo)
     if args.rpo_seconds is not None:
@@ -54,6 +60,10 @@ def run_health(args: argparse.Namespace) -> int:
             raise ConfigError(f"--rpo-seconds must be > 0, got {args.rpo_seconds}")
         rpo = args.rpo_seconds
     config = HealthConfig(rpo_s=rpo)
+    if args.cancel_job is not None:
+        parse_job_name(args.cancel_job)  # bad input is found before anything is read
+    elif args.dry_run:
+        raise ConfigError("--dry-run only goes with --cancel-job")
     if args.follow:
         def progress(report: Any) -> None:
             if not args.json:
@@ -63,5 +73,7 @@ def run_health(args: argparse.Namespace) -> int:
                             timeout_s=args.timeout_seconds, on_report=progress)
     else:
         report = check_run(args.run_dir, config)
+    if args.cancel_job is not None:
+        report = cancel_on_critical(report, args.cancel_job, dry_run=args.dry_run)
     sys.stdout.write(report.to_json() if args.json else report.to_table())
     return EXIT_CRITICAL if report.verdict == Verdict.CRITICAL else EXIT_HEALTHY
