@@ -61,8 +61,9 @@ class _Store:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.items: dict[str, dict[str, Any]] = {
-            "alert_policy": {}, "log_metric": {}, "dashboard": {}, "budget": {}}
+        self.items: dict[str, dict[Any, Any]] = {
+            "alert_policy": {}, "log_metric": {}, "dashboard": {}, "budget": {},
+            "time_series": {}}
         self.writes: Counter[str] = Counter()
 
 
@@ -145,8 +146,39 @@ def _grpc_handlers(store: _Store) -> list[grpc.GenericRpcHandler]:
             store.writes["log_metric"] += 1
         return metric
 
+    series = store.items["time_series"]
+
+    def create_time_series(req: Any, ctx: grpc.ServicerContext) -> Any:
+        from google.protobuf import empty_pb2
+
+        accepted = []
+        for ts in req.time_series:
+            if len(ts.points) != 1:
+                ctx.abort(grpc.StatusCode.INVALID_ARGUMENT, "one point per time series")
+            key = (ts.metric.type, tuple(sorted(ts.metric.labels.items())),
+                   ts.resource.type, tuple(sorted(ts.resource.labels.items())))
+            end = ts.points[0].interval.end_time.timestamp()
+            with store.lock:
+                previous = series.get(key, [])
+            if previous and end - previous[-1][0] < 5.0:
+                # The real API's rule: one point per series per 5 s.
+                ctx.abort(grpc.StatusCode.INVALID_ARGUMENT, "One or more points were written "
+                          "more frequently than the maximum sampling period configured for "
+                          "the metric")
+            accepted.append((key, end, ts.points[0].value.double_value))
+        with store.lock:
+            for key, end, value in accepted:
+                series.setdefault(key, []).append((end, value))
+            store.writes["time_series"] += 1
+        return empty_pb2.Empty()
+
     m3, lt = monitoring_v3, logging_types
     return [
+        grpc.method_handlers_generic_handler("google.monitoring.v3.MetricService", {
+            "CreateTimeSeries": grpc.unary_unary_rpc_method_handler(
+                create_time_series,
+                request_deserializer=lambda data: _strict(m3.CreateTimeSeriesRequest, data),
+                response_serializer=lambda empty: empty.SerializeToString())}),
         grpc.method_handlers_generic_handler("google.monitoring.v3.AlertPolicyService", {
             "ListAlertPolicies": unary(list_policies, m3.ListAlertPoliciesRequest,
                                        m3.ListAlertPoliciesResponse),
@@ -162,6 +194,12 @@ def _grpc_handlers(store: _Store) -> list[grpc.GenericRpcHandler]:
             "UpdateLogMetric": unary(update_metric, lt.UpdateLogMetricRequest,
                                      lt.LogMetric)}),
     ]
+
+
+def _strict(request: Any, data: bytes) -> Any:
+    message = request.deserialize(data)
+    reject_unknown(request.pb(message))
+    return message
 
 
 class _RestError(Exception):
@@ -268,6 +306,16 @@ class MonitoringEmulator:
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
+
+    def metric_client(self) -> Any:
+        """A `monitoring_v3.MetricServiceClient` talking to this emulator."""
+        from google.cloud import monitoring_v3
+        from google.cloud.monitoring_v3.services.metric_service.transports import (
+            MetricServiceGrpcTransport,
+        )
+
+        return monitoring_v3.MetricServiceClient(transport=MetricServiceGrpcTransport(
+            channel=grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}")))
 
     def clients(self) -> Any:
         """`monitoring.apply.Clients` whose four clients talk to this emulator."""

@@ -57,6 +57,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--record-samples", action="store_true",
                    help="write each step's sample ids into the metrics stream")
     p.add_argument("--wandb-project", metavar="NAME", help="mirror metrics to W&B")
+    p.add_argument("--publish-metrics", metavar="PROJECT",
+                   help="publish metrics and goodput as Cloud Monitoring time series")
     add_health_arguments(p)
 
 
@@ -72,7 +74,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         metadata_poll_seconds=args.metadata_poll_seconds,
         eval_every_steps=args.eval_every_steps, log_every_steps=args.log_every_steps,
         record_samples=args.record_samples, wandb_project=args.wandb_project,
-        health=health_from_args(args))
+        publish_metrics=args.publish_metrics, health=health_from_args(args))
 
 
 def run_train(args: argparse.Namespace) -> int:

@@ -123,6 +123,9 @@ class TrainConfig:
     """Mirror metrics to this Weights & Biases project (off by default; never fatal)."""
     extra: dict[str, str] = field(default_factory=dict)
     """Reserved for workload options."""
+    publish_metrics: str | None = None
+    """Publish training metrics and goodput to this project's Cloud Monitoring (off by
+    default; a no-op without credentials; never fatal)."""
     health: TrainerHealth = field(default_factory=TrainerHealth)
     """Health checking: loss rules, rewind-and-skip, stop (exit 3), hang watchdog (exit 4)."""
 

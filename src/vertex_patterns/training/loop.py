@@ -31,6 +31,7 @@ from torch import nn
 from vertex_patterns import __version__
 from vertex_patterns.checkpoint import CheckpointDeadlineError, CheckpointManager
 from vertex_patterns.errors import ConfigError
+from vertex_patterns.monitoring.publish import publisher_for
 from vertex_patterns.storage import Storage
 from vertex_patterns.training.cluster import Cluster, init_cluster
 from vertex_patterns.training.config import (
@@ -186,6 +187,8 @@ class Trainer:
             loop = _Loop(self, cluster, workload, model, sampler, ckpt, ledger, metrics, tb,
                          mirror, fingerprint)
             stack.callback(loop.health.close)
+            if loop.publisher is not None:
+                stack.callback(loop.publisher.close)
             return loop.run(step, position)
 
 
@@ -212,6 +215,7 @@ class _Loop:
         self.params = [p for p in workload.model.parameters() if p.requires_grad]
         self.last_save = time.monotonic()
         self.health = HealthHook.maybe(self)
+        self.publisher = publisher_for(self)
 
     def _emit(self, step: int, record: dict[str, Any]) -> None:
         if self.metrics is not None:
@@ -222,6 +226,8 @@ class _Loop:
             self.tb.scalars(step, scalars)
         if self.mirror is not None:
             self.mirror.log(step, scalars)
+        if self.publisher is not None:
+            self.publisher.record({"step": step, **record})
 
     def _one_step(self, position: Mapping[str, int]) -> tuple[float, float, torch.Tensor]:
         w = self.workload
