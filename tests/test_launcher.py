@@ -205,10 +205,22 @@ class TestUserErrors:
         assert history.final_outcome == "user_error" and job_count(vertex) == before + 1
 
     def test_listed_exit_code_retried_in_place(self, vertex, template) -> None:
-        command = ["python", "-c", "import sys; sys.exit(4)"]
-        history = Launcher(spec(command), policy(template, retry_exit_codes=(4,),
+        command = ["python", "-c", "import sys; sys.exit(5)"]
+        history = Launcher(spec(command), policy(template, retry_exit_codes=(5,),
                                                  max_attempts=2)).run()
         assert [(a.region, a.outcome) for a in history.attempts] == [(R1, "user_error")] * 2
+
+    def test_unhealthy_not_retried_hung_retried_in_place(self, vertex, template) -> None:
+        """Trainer exit 3 (health incident) stops the launch; exit 4 (hang) is retried in the
+        same region, `hang_retries` times."""
+        unhealthy = Launcher(spec(["python", "-c", "import sys; sys.exit(3)"]),
+                             policy(template)).run()
+        assert [(a.region, a.outcome) for a in unhealthy.attempts] == [(R1, "unhealthy")]
+        assert unhealthy.final_outcome == "unhealthy"
+        hung = Launcher(spec(["python", "-c", "import sys; sys.exit(4)"]),
+                        policy(template, hang_retries=1)).run()
+        assert [(a.region, a.outcome) for a in hung.attempts] == [(R1, "hung")] * 2
+        assert hung.final_outcome == "hung"
 
 
 class TestRestartSafety:

@@ -457,14 +457,14 @@ class TestGoodputAggregation:
         assert first.seconds == {
             "productive_s": 10.0, "program_startup_s": 2.0, "accelerator_init_s": 0.0,
             "training_prep_s": 1.0, "data_loading_s": 1.5, "checkpoint_save_s": 0.25,
-            "checkpoint_restore_s": 0.5, "wasted_progress_s": 2.0,
+            "checkpoint_restore_s": 0.5, "wasted_progress_s": 2.0, "wasted_by_rewind_s": 0.0,
             "infrastructure_recovery_s": 0.0, "other_s": 0.5}
         assert (first.steps_lost, first.outcome, first.resumed_from_step) == (2, None, None)
         # Attempt 2: 1.5 + 1 + 0.75 + 10 * 1.125 + 0.25 = 14.75 s, preceded by a 10 s gap.
         assert second.seconds == {
             "productive_s": 10.0, "program_startup_s": 1.5, "accelerator_init_s": 0.0,
             "training_prep_s": 1.0, "data_loading_s": 1.25, "checkpoint_save_s": 0.25,
-            "checkpoint_restore_s": 0.75, "wasted_progress_s": 0.0,
+            "checkpoint_restore_s": 0.75, "wasted_progress_s": 0.0, "wasted_by_rewind_s": 0.0,
             "infrastructure_recovery_s": 10.0, "other_s": 0.0}
         assert (second.steps_lost, second.outcome, second.resumed_from_step) == \
             (0, "completed", 10)

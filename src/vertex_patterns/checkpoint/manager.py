@@ -434,6 +434,32 @@ class CheckpointManager:
                 self._manifests.pop(step, None)
             log.info("retention: deleted checkpoint step %d", step)
 
+    def discard_after(self, step: int) -> list[int]:
+        """Moves committed checkpoints newer than `step` aside (quarantine) everywhere.
+
+        After a rewind they hold state the run abandoned: a resume must not pick them, and a
+        later save of the same step must not be skipped as already committed. Every rank
+        calls it; the writer moves the files.
+
+        Returns:
+            The steps discarded.
+        """
+        self._wait_pending()
+        with self._lock:
+            newer = sorted(s for s in self._manifests if s > step)
+        for s in newer if self.is_writer else []:
+            for location in (self.directory, *self.replicas):
+                try:
+                    quarantine_step(self.store, location, s)
+                except (StorageError, OSError) as exc:  # a replica may not have it
+                    log.info("discard step %d in %s: %s", s, location, exc)
+        if self._group is not None:
+            self._group.barrier()
+        with self._lock:
+            for s in newer:
+                self._manifests.pop(s, None)
+        return newer
+
     def wait(self) -> None:
         """Blocks until pending saves are committed and fanned out.
 

@@ -11,6 +11,8 @@ from types import FrameType
 
 from vertex_patterns import __version__
 from vertex_patterns.cli import commands, cost, emulators, pipelines
+from vertex_patterns.cli import health as health_cli
+from vertex_patterns.cli import monitoring as monitoring_cli
 from vertex_patterns.cli.parser import OneLineParser
 from vertex_patterns.errors import ConfigError, VertexPatternsError
 
@@ -42,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_train(sub)
     commands.add_launch(sub)
     cost.add_cost(sub)
+    health_cli.add_health(sub)
+    monitoring_cli.add_monitoring(sub)
     return parser
 
 

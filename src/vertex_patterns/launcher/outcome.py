@@ -5,6 +5,7 @@
   never started (no `startTime`) found no capacity -> stockout; one that ran and was then
   failed is a Spot job whose preemptions outlasted Vertex AI's restarts -> preempted.
 - A replica exit of the trainer's "preempted, restart to resume" codes (75, 76) -> preempted.
+- A replica exit 3 (the trainer's health incident) -> unhealthy; exit 4 (hang watchdog) -> hung.
 - Any other replica non-zero exit (code 3, "exited with a non-zero status of N") -> user_error,
   with N kept so the policy can retry exit codes the user listed.
 - FAILED with code 13 or an unrecognised failure -> internal.
@@ -18,7 +19,12 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from vertex_patterns.training.config import EXIT_PREEMPTED, EXIT_PREEMPTED_UNSAVED
+from vertex_patterns.training.config import (
+    EXIT_HUNG,
+    EXIT_PREEMPTED,
+    EXIT_PREEMPTED_UNSAVED,
+    EXIT_UNHEALTHY,
+)
 
 
 class Outcome(str, Enum):
@@ -31,6 +37,10 @@ class Outcome(str, Enum):
     USER_ERROR = "user_error"
     INTERNAL = "internal"
     CANCELLED = "cancelled"
+    UNHEALTHY = "unhealthy"
+    """The trainer stopped on a health incident it could not fix (exit 3): not retried."""
+    HUNG = "hung"
+    """The trainer's hang watchdog fired (exit 4): retried in place, a bounded number of times."""
 
 
 CAPACITY_OUTCOMES = frozenset({Outcome.PREEMPTED, Outcome.STOCKOUT, Outcome.QUOTA})
@@ -79,6 +89,10 @@ def classify_failure(code: int, message: str, *, started: bool) -> Classified:
         exit_code = int(match.group(1))
         if exit_code in (EXIT_PREEMPTED, EXIT_PREEMPTED_UNSAVED):
             return Classified(Outcome.PREEMPTED, message, exit_code)
+        if exit_code == EXIT_UNHEALTHY:
+            return Classified(Outcome.UNHEALTHY, message, exit_code)
+        if exit_code == EXIT_HUNG:
+            return Classified(Outcome.HUNG, message, exit_code)
         return Classified(Outcome.USER_ERROR, message, exit_code)
     if code == _CODE_INVALID_ARGUMENT:
         return Classified(Outcome.USER_ERROR, message)

@@ -10,9 +10,10 @@ Region recovery strategies are named as SkyPilot names its spot recovery strateg
 
 On top of either, `RegionPlanner` applies what does not depend on the strategy: stop on success
 or a cancel; fail fast on a user error unless its exit code is one the user listed (then retry
-in place); fall back from SPOT to STANDARD once the preemption budget is spent (regions dropped
-for Spot stockouts come back, Standard capacity is separate); stop after `max_attempts` jobs or
-when no region is left, with each region's last reason.
+in place); stop on an unhealthy run (trainer exit 3), retry a hung one (exit 4) in place up
+to `hang_retries` times; fall back from SPOT to STANDARD once the preemption budget is spent
+(regions dropped for Spot stockouts come back, Standard capacity is separate); stop after
+`max_attempts` jobs or when no region is left, with each region's last reason.
 """
 
 from __future__ import annotations
@@ -106,6 +107,7 @@ class RegionPlanner:
         self.state = PlannerState(rotation=list(policy.regions))
         self.attempts = 0
         self.preemptions = 0
+        self.hangs = 0
         self.final: Outcome | None = None
         """Set once the launch is over: the outcome it ended with."""
         self.final_region: str | None = None
@@ -128,7 +130,16 @@ class RegionPlanner:
         if outcome in (Outcome.SUCCEEDED, Outcome.CANCELLED):
             return self._stop(outcome, region, None)
         state.reasons[region] = f"{outcome.value}: {result.error or 'no message'}"
-        if outcome == Outcome.USER_ERROR:
+        if outcome == Outcome.UNHEALTHY:
+            return self._stop(outcome, region, f"{region}: {state.reasons[region]} (not "
+                              "retried: the trainer stopped on a health incident)")
+        if outcome == Outcome.HUNG:
+            self.hangs += 1
+            if self.hangs > self.policy.hang_retries:
+                return self._stop(outcome, region, f"{region}: {state.reasons[region]} "
+                                  f"({self.hangs} hung attempts, hang_retries "
+                                  f"{self.policy.hang_retries})")
+        elif outcome == Outcome.USER_ERROR:
             if result.exit_code not in self.policy.retry_exit_codes:
                 return self._stop(outcome, region, f"{region}: {state.reasons[region]} "
                                   "(not retried: a user error)")

@@ -226,6 +226,8 @@ class LaunchPolicy:
     """After this many preempted attempts, fall back from SPOT to STANDARD (None: never)."""
     retry_exit_codes: tuple[int, ...] = ()
     """User exit codes worth retrying in place; any other non-zero exit fails fast."""
+    hang_retries: int = 2
+    """Hung attempts (trainer exit 4) retried in place, in the same region, before failing."""
     replica_flag: str | None = "--replica"
     """Flag appended per other region with its checkpoint directory (None: append nothing)."""
     poll_seconds: float = 15.0
@@ -254,6 +256,8 @@ class LaunchPolicy:
         if self.failover not in FAILOVER_POLICIES:
             raise ConfigError(f"failover {self.failover!r}: use one of "
                               f"{', '.join(FAILOVER_POLICIES)}")
+        if self.hang_retries < 0:
+            raise ConfigError(f"hang_retries must be >= 0, got {self.hang_retries}")
         if self.max_attempts < 1 or self.retries_per_region < 0:
             raise ConfigError("--max-attempts must be >= 1 and retries per region >= 0")
         if self.spot_preemption_budget is not None and self.spot_preemption_budget < 0:

@@ -23,6 +23,8 @@ from vertex_patterns.pipelines.data_replication import data_replication
 from vertex_patterns.pipelines.dr_drill import dr_drill
 from vertex_patterns.pipelines.dr_drill_steps import dr_report, dr_restore
 from vertex_patterns.pipelines.fan_out_checkpoints import fan_out_checkpoints
+from vertex_patterns.pipelines.health_check import health_check
+from vertex_patterns.pipelines.health_incident import health_incident
 from vertex_patterns.pipelines.image import IMAGE
 from vertex_patterns.pipelines.publish_report import publish_report
 from vertex_patterns.pipelines.replicate_data import replicate_data
@@ -42,6 +44,8 @@ COMPONENTS: dict[str, Callable[..., Any]] = {
     "dr_report": dr_report,
     "publish_report": publish_report,
     "cost_report": cost_report,
+    "health_check": health_check,
+    "health_incident": health_incident,
 }
 
 PIPELINES: dict[str, Callable[..., Any]] = {

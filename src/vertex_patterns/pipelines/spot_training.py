@@ -6,13 +6,17 @@ decoration time and needs real types, not strings.
     replicate_data ──> spot_train ──> verify_checkpoints
     (primary bucket    (Spot, failover,   (final region's checkpoints)
      to each region)    fan-out, resume)
-                               └────────> cost_report (the run's cost; into the report)
+                               ├────────> cost_report (the run's cost; into the report)
+                               └────────> health_check ──(critical)──> health_incident
+                                          (rules over the run's metrics)  (fails the run)
     publish_report runs in the exit handler, whether the run succeeded or not.
 """
 
 from kfp import dsl
 
 from vertex_patterns.pipelines.cost_report import cost_report
+from vertex_patterns.pipelines.health_check import health_check
+from vertex_patterns.pipelines.health_incident import health_incident
 from vertex_patterns.pipelines.image import IMAGE
 from vertex_patterns.pipelines.publish_report import publish_report
 from vertex_patterns.pipelines.replicate_data import replicate_data
@@ -46,6 +50,7 @@ def spot_training(
     max_attempts: int = 10,
     poll_seconds: float = 15.0,
     replication_workers: int = 8,
+    rpo_tier: str = "production",
 ) -> None:
     """Spot training across regions.
 
@@ -65,6 +70,8 @@ def spot_training(
         max_attempts: Training jobs created in all.
         poll_seconds: How often the launcher polls the training job.
         replication_workers: Objects copied in parallel by the data replication.
+        rpo_tier: Checkpoint-staleness objective of the health check: research (24 h),
+            production (1 h) or critical (15 min).
     """
     report = publish_report(report_dir=report_dir, run_dir_template=run_dir_template,
                             regions=regions)
@@ -92,4 +99,10 @@ def spot_training(
                            machine_type=machine_type, accelerator=accelerator,
                            report_dir=report_dir)
         cost.set_caching_options(False)
-        # Health checks plug in here too, reading train.outputs["run_dir"].
+
+        health = health_check(run_dir=train.outputs["run_dir"], rpo=rpo_tier)
+        health.set_caching_options(False)
+        with dsl.If(health.outputs["Output"] == "critical", name="critical-health"):
+            incident = health_incident(report=health.outputs["report"],
+                                       run_dir=train.outputs["run_dir"])
+            incident.set_caching_options(False)

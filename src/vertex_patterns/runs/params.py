@@ -144,6 +144,9 @@ def _spot_training(values: Mapping[str, Any]) -> None:
     _uri("data_source_uri", values["data_source_uri"])
     _uris("data_replica_uris", values["data_replica_uris"])
     _uri("report_dir", values["report_dir"])
+    if values.get("rpo_tier", "production") not in ("research", "production", "critical"):
+        raise ConfigError(f"parameter rpo_tier {values['rpo_tier']!r}: use research, "
+                          "production or critical")
     _launch(values, values["regions"], values["train_command"], template)
 
 

@@ -14,16 +14,20 @@ from vertex_patterns.errors import ConfigError
 from vertex_patterns.training.config import (
     EXIT_BAD_INPUT,
     EXIT_ERROR,
+    EXIT_HUNG,
     EXIT_PREEMPTED,
     EXIT_PREEMPTED_UNSAVED,
+    EXIT_UNHEALTHY,
     TrainConfig,
 )
+from vertex_patterns.training.health_config import add_health_arguments, health_from_args
 
 log = logging.getLogger("vertex_patterns.training")
 
 EPILOG = (f"exit codes: 0 completed; {EXIT_PREEMPTED} preempted after committing a checkpoint "
           f"(restart to resume); {EXIT_PREEMPTED_UNSAVED} preempted without a new checkpoint "
-          f"(the previous one is intact); {EXIT_ERROR} failed; {EXIT_BAD_INPUT} bad input")
+          f"(the previous one is intact); {EXIT_ERROR} failed; {EXIT_BAD_INPUT} bad input; "
+          f"{EXIT_UNHEALTHY} unhealthy (health incident); {EXIT_HUNG} hung")
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -64,6 +68,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wandb-project", metavar="NAME", help="mirror metrics to W&B")
     p.add_argument("--tensorboard-flush-seconds", type=float, default=30.0, metavar="S",
                    help="flush/upload TensorBoard event files this often (30)")
+    p.add_argument("--publish-metrics", metavar="PROJECT",
+                   help="publish metrics and goodput as Cloud Monitoring time series")
+    add_health_arguments(p)
 
 
 def _seconds_or_auto(text: str) -> float | str:
@@ -93,7 +100,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         metadata_poll_seconds=args.metadata_poll_seconds,
         eval_every_steps=args.eval_every_steps, log_every_steps=args.log_every_steps,
         record_samples=args.record_samples, wandb_project=args.wandb_project,
-        tensorboard_flush_seconds=args.tensorboard_flush_seconds)
+        tensorboard_flush_seconds=args.tensorboard_flush_seconds,
+        publish_metrics=args.publish_metrics, health=health_from_args(args))
 
 
 def run_train(args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from vertex_patterns.errors import ConfigError
 from vertex_patterns.storage.uri import parse_uri
+from vertex_patterns.training.health_config import TrainerHealth
 
 # Exit codes of `vertex-patterns train` (documented in the README).
 EXIT_OK = 0
@@ -29,6 +30,12 @@ EXIT_ERROR = 1
 """Training failed (an exception in user code, storage errors that outlasted retries)."""
 EXIT_BAD_INPUT = 2
 """Bad flags or a run directory that belongs to another run; nothing was written."""
+EXIT_UNHEALTHY = 3
+"""A health incident rewinding could not fix (divergence, or a loss spike / non-finite loss
+after --max-rewinds rewinds): checkpoint saved unless the weights are non-finite, incident
+logged. Do not retry as is."""
+EXIT_HUNG = 4
+"""No step progress for the hang timeout: every thread's stack is in the log. Retry in place."""
 EXIT_PREEMPTED = 75
 """Stopped by a preemption notice after committing a checkpoint at the current step: restart
 the same command to resume (75 is sysexits' EX_TEMPFAIL, "try again later")."""
@@ -167,6 +174,11 @@ class TrainConfig:
     kill can lose from them."""
     extra: dict[str, str] = field(default_factory=dict)
     """Reserved for workload options."""
+    publish_metrics: str | None = None
+    """Publish training metrics and goodput to this project's Cloud Monitoring (off by
+    default; a no-op without credentials; never fatal)."""
+    health: TrainerHealth = field(default_factory=TrainerHealth)
+    """Health checking: loss rules, rewind-and-skip, stop (exit 3), hang watchdog (exit 4)."""
 
     def __post_init__(self) -> None:
         if self.max_steps <= 0:

@@ -161,6 +161,14 @@ class GoodputRecorder:
                     del rec.marks[min(rec.marks)]
         self._submit()
 
+    def rewind(self, restore_s: float, wasted_s: float) -> None:
+        """Records a health rewind: the restore, and the step time it threw away."""
+        with self._lock:
+            self._record.restore_s += _duration(restore_s)
+            self._record.rewind_wasted_s += _duration(wasted_s)
+            self._record.rewinds += 1
+        self._submit()
+
     def data_loading(self, seconds: float) -> None:
         """Adds time the loop waited for data (blocking loads only)."""
         with self._lock:

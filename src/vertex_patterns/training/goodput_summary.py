@@ -39,6 +39,8 @@ CATEGORIES: tuple[tuple[str, str, str], ...] = (
     ("checkpoint_restore_s", "BadputType.UNPRODUCTIVE_CHECKPOINT_RESTORE_TIME",
      "checkpoint restore"),
     ("wasted_progress_s", "BadputType.WASTED_PROGRESS_FROM_DISRUPTION", "wasted progress"),
+    # ml-goodput-measurement has no rewind category: its closest is OTHER.
+    ("wasted_by_rewind_s", "BadputType.OTHER", "wasted by rewind"),
     ("infrastructure_recovery_s", "BadputType.INFRASTRUCTURE_RECOVERY_FROM_DISRUPTION",
      "between attempts"),
     ("other_s", "BadputType.OTHER", "other / idle"),
@@ -73,6 +75,8 @@ class AttemptRecord:
     last_step: int | None = None
     marks: dict[int, float] = field(default_factory=dict)
     outcome: str | None = None
+    rewinds: int = 0
+    rewind_wasted_s: float = 0.0
 
     def to_json(self) -> bytes:
         """The file's bytes."""
@@ -241,7 +245,7 @@ def summarize(records: Iterable[AttemptRecord]) -> GoodputSummary:
             startup = min(max(rec.startup_done - rec.process_start, 0.0), elapsed)
         gap = max(rec.process_start - ordered[i - 1].updated, 0.0) if i else 0.0
         seconds = {
-            "productive_s": rec.step_time_s - wasted,
+            "productive_s": max(rec.step_time_s - wasted - rec.rewind_wasted_s, 0.0),
             "program_startup_s": startup,
             "accelerator_init_s": rec.accelerator_init_s,
             "training_prep_s": rec.training_prep_s,
@@ -249,6 +253,7 @@ def summarize(records: Iterable[AttemptRecord]) -> GoodputSummary:
             "checkpoint_save_s": rec.checkpoint_save_s,
             "checkpoint_restore_s": rec.restore_s,
             "wasted_progress_s": wasted,
+            "wasted_by_rewind_s": rec.rewind_wasted_s,
             "infrastructure_recovery_s": gap,
         }
         inside = sum(v for k, v in seconds.items() if k != "infrastructure_recovery_s")

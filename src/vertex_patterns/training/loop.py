@@ -36,6 +36,7 @@ from torch import nn
 
 from vertex_patterns.checkpoint import CheckpointDeadlineError, CheckpointManager
 from vertex_patterns.errors import ConfigError
+from vertex_patterns.monitoring.publish import publisher_for
 from vertex_patterns.storage import Storage
 from vertex_patterns.training.auto_interval import AutoSavePolicy
 from vertex_patterns.training.cluster import Cluster, init_cluster
@@ -48,6 +49,7 @@ from vertex_patterns.training.config import (
 )
 from vertex_patterns.training.export import ExportStoppedError, export_model
 from vertex_patterns.training.goodput import GoodputRecorder, process_start_time
+from vertex_patterns.training.health_hook import HealthHook
 from vertex_patterns.training.metrics import MetricsStream, accelerator_stats, new_attempt_id
 from vertex_patterns.training.preemption import MetadataWatcher, PreemptionNotice
 from vertex_patterns.training.rng import capture_rng, restore_rng, seed_everything
@@ -198,6 +200,9 @@ class Trainer:
                 stack.callback(mirror.finish)
             loop = _Loop(self, cluster, workload, model, sampler, ckpt, ledger, metrics, tb,
                          mirror, fingerprint)
+            stack.callback(loop.health.close)
+            if loop.publisher is not None:
+                stack.callback(loop.publisher.close)
             return loop.run(step, position)
 
     def _close_checkpoints(self, ckpt: CheckpointManager) -> None:
@@ -254,6 +259,8 @@ class _Loop:
         self.auto = AutoSavePolicy.for_run(trainer.paths.run_dir, trainer.store,
                                            self.config.mtbf_hours) \
             if self.config.checkpoint_auto else None
+        self.health = HealthHook.maybe(self)
+        self.publisher = publisher_for(self)
 
     def _emit(self, step: int, record: dict[str, Any]) -> None:
         if self.metrics is not None:
@@ -264,6 +271,8 @@ class _Loop:
             self.tb.scalars(step, scalars)
         if self.mirror is not None:
             self.mirror.log(step, scalars)
+        if self.publisher is not None:
+            self.publisher.record({"step": step, **record})
 
     def _one_step(self, position: Mapping[str, int]) -> tuple[float, float, torch.Tensor]:
         w = self.workload
@@ -353,6 +362,12 @@ class _Loop:
                 if step % config.log_every_steps == 0 or step == max_steps:
                     log.info("step %d/%d loss %.4f", step, max_steps, loss,
                              extra={"json_fields": {"step": step, "loss": loss}})
+            verdict = self.health.after_step(step, loss, grad_norm, position)
+            if verdict.exit_code is not None or verdict.rewound:
+                if verdict.exit_code is not None:
+                    return verdict.exit_code
+                step, position = verdict.step, verdict.position or position
+                continue
             if stop:
                 return self._preempted(step, position)
             if step < max_steps and config.eval_every_steps and \
