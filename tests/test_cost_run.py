@@ -47,8 +47,9 @@ def test_bad_auto_flags() -> None:
 
 @pytest.fixture(scope="module")
 def launched(vertex_emulator, gcs_emulator, tmp_path_factory):
-    """A launch: stockout in R1, preempted in R2 after a few seconds, completes in R3 (once
-    for the module: it runs the trainer twice)."""
+    """A launch: stockout in R1, preempted in R2 after 4 s, completes in R3 (once for the
+    module: it runs the trainer twice). 2500 steps cannot finish within 4 s of the process
+    start on any machine; a notice during startup still ends the attempt as preempted."""
     from vertex_patterns.launcher import JobSpec, Launcher, LaunchPolicy
 
     store = Storage()
@@ -56,14 +57,14 @@ def launched(vertex_emulator, gcs_emulator, tmp_path_factory):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     vertex_emulator.set_scenario(Scenario(
         seed=5, regions={R1: RegionFaults(stockout_strategies=("SPOT",)),
-                         R2: RegionFaults(preempt_after_seconds=(6.0,))},
+                         R2: RegionFaults(preempt_after_seconds=(4.0,))},
         timings=Timings(**VERTEX_TEST_TIMINGS), max_preemption_restarts=0))
     stem = f"cr{uuid.uuid4().hex[:8]}"
     for region in (R1, R2, R3):
         store.gcs.client().create_bucket(f"{stem}-{region}")
     template = f"gs://{stem}-{{region}}/runs/digits"
     command = ("python", "-m", "vertex_patterns.train", "--workload", "digits", "--run-dir",
-               "{run_dir}", "--max-steps", "1000", "--checkpoint-every-seconds", "auto",
+               "{run_dir}", "--max-steps", "2500", "--checkpoint-every-seconds", "auto",
                "--mtbf-hours", "0.001", "--seed", "3", "--log-every-steps", "5000",
                "--grace-seconds", "1.8", "--grace-margin-seconds", "0.3")
     try:
