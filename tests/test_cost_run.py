@@ -65,7 +65,7 @@ def launched(vertex_emulator, gcs_emulator, tmp_path_factory):
     template = f"gs://{stem}-{{region}}/runs/digits"
     command = ("python", "-m", "vertex_patterns.train", "--workload", "digits", "--run-dir",
                "{run_dir}", "--max-steps", "2500", "--checkpoint-every-seconds", "auto",
-               "--mtbf-hours", "0.001", "--seed", "3", "--log-every-steps", "5000",
+               "--mtbf-hours", "0.0002", "--seed", "3", "--log-every-steps", "5000",
                "--grace-seconds", "1.8", "--grace-margin-seconds", "0.3")
     try:
         history = Launcher(JobSpec(display_name="cost", image="img:1",
@@ -127,7 +127,10 @@ def test_cost_report_component_and_ledger(launched, kfp_local, capsys) -> None:
     assert set(rows) == {R1, R2, R3} and {r["strategy"] for r in rows.values()} == {"SPOT"}
     assert rows[R1]["machine_hours"] == 0 and rows[R1]["cost"] == 0
     assert 0 < body["cost"] < body["on_demand_cost"]
-    assert body["lost_hours"] > 0 and body["lost_cost"] > 0
+    # Lost: the final attempt's restore (a fraction of a second), at its Spot rate.
+    spot_rate = rows[R3]["cost"] / rows[R3]["machine_hours"]
+    assert body["lost_hours"] > 0
+    assert body["lost_cost"] == pytest.approx(body["lost_hours"] * spot_rate, abs=2e-6)
 
     # The run directory alone: its attempt, at the Spot price of the region given.
     code = cli_main(["cost", "ledger", run_dir, "--machine-type", "n1-standard-4", "--region",
