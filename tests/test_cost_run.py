@@ -47,8 +47,9 @@ def test_bad_auto_flags() -> None:
 
 @pytest.fixture(scope="module")
 def launched(vertex_emulator, gcs_emulator, tmp_path_factory):
-    """A launch: stockout in R1, preempted in R2 after a few seconds, completes in R3 (once
-    for the module: it runs the trainer twice)."""
+    """A launch: stockout in R1, preempted in R2 after 4 s, completes in R3 (once for the
+    module: it runs the trainer twice). 2500 steps cannot finish within 4 s of the process
+    start on any machine; a notice during startup still ends the attempt as preempted."""
     from vertex_patterns.launcher import JobSpec, Launcher, LaunchPolicy
 
     store = Storage()
@@ -56,15 +57,15 @@ def launched(vertex_emulator, gcs_emulator, tmp_path_factory):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     vertex_emulator.set_scenario(Scenario(
         seed=5, regions={R1: RegionFaults(stockout_strategies=("SPOT",)),
-                         R2: RegionFaults(preempt_after_seconds=(6.0,))},
+                         R2: RegionFaults(preempt_after_seconds=(4.0,))},
         timings=Timings(**VERTEX_TEST_TIMINGS), max_preemption_restarts=0))
     stem = f"cr{uuid.uuid4().hex[:8]}"
     for region in (R1, R2, R3):
         store.gcs.client().create_bucket(f"{stem}-{region}")
     template = f"gs://{stem}-{{region}}/runs/digits"
     command = ("python", "-m", "vertex_patterns.train", "--workload", "digits", "--run-dir",
-               "{run_dir}", "--max-steps", "1000", "--checkpoint-every-seconds", "auto",
-               "--mtbf-hours", "0.001", "--seed", "3", "--log-every-steps", "5000",
+               "{run_dir}", "--max-steps", "2500", "--checkpoint-every-seconds", "auto",
+               "--mtbf-hours", "0.0002", "--seed", "3", "--log-every-steps", "5000",
                "--grace-seconds", "1.8", "--grace-margin-seconds", "0.3")
     try:
         history = Launcher(JobSpec(display_name="cost", image="img:1",
@@ -126,7 +127,10 @@ def test_cost_report_component_and_ledger(launched, kfp_local, capsys) -> None:
     assert set(rows) == {R1, R2, R3} and {r["strategy"] for r in rows.values()} == {"SPOT"}
     assert rows[R1]["machine_hours"] == 0 and rows[R1]["cost"] == 0
     assert 0 < body["cost"] < body["on_demand_cost"]
-    assert body["lost_hours"] > 0 and body["lost_cost"] > 0
+    # Lost: the final attempt's restore (a fraction of a second), at its Spot rate.
+    spot_rate = rows[R3]["cost"] / rows[R3]["machine_hours"]
+    assert body["lost_hours"] > 0
+    assert body["lost_cost"] == pytest.approx(body["lost_hours"] * spot_rate, abs=2e-6)
 
     # The run directory alone: its attempt, at the Spot price of the region given.
     code = cli_main(["cost", "ledger", run_dir, "--machine-type", "n1-standard-4", "--region",
