@@ -304,9 +304,8 @@ class TestPublishReportComponent:
         local.init(runner=local.SubprocessRunner(use_venv=False),
                    pipeline_root=str(kfp_local), raise_on_error=False)
         stem = make_bucket("exit")
-        report_on_failure(history_uri=f"gs://{stem}/history.json",
-                          run_dir_template=f"gs://{stem}/{{region}}", regions=[R1, R2],
-                          report_uri=f"gs://{stem}/report")
+        report_on_failure(report_dir=f"gs://{stem}/report",
+                          run_dir_template=f"gs://{stem}/{{region}}", regions=[R1, R2])
         summary = json.loads(store.read_bytes(f"gs://{stem}/report/summary.json"))
         assert summary["state"] == "FAILED" and summary["steps"] is None
         assert any("launch history" in m for m in summary["missing"])

@@ -12,10 +12,9 @@ def fail_early() -> None:
 
 
 @dsl.pipeline(name="report-on-failure")
-def report_on_failure(history_uri: str, run_dir_template: str, regions: list,
-                      report_uri: str) -> None:
-    report = publish_report(history_uri=history_uri, run_dir_template=run_dir_template,
-                            regions=regions, report_uri=report_uri)
+def report_on_failure(report_dir: str, run_dir_template: str, regions: list) -> None:
+    report = publish_report(report_dir=report_dir, run_dir_template=run_dir_template,
+                            regions=regions)
     report.set_caching_options(False)
     with dsl.ExitHandler(report):
         fail_early()
