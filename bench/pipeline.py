@@ -77,7 +77,7 @@ def run_direct(max_steps: int) -> dict[str, Any]:
             assert report.ok
             spec = JobSpec(display_name="direct", image="local/trainer:bench",
                            machine_type="n1-standard-4", command=tuple(params["train_command"]))
-            policy = LaunchPolicy(project="bench", regions=REGIONS,
+            policy = LaunchPolicy(project="bench-project", regions=REGIONS,
                                   run_dir_template=params["run_dir_template"],
                                   poll_seconds=0.5)
             history = Launcher(spec, policy).run()
