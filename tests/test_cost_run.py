@@ -27,8 +27,8 @@ def test_bad_auto_flags() -> None:
     """Parsed as the trainer parses (not run in-process: its logging setup would outlive the
     test's captured streams)."""
     from vertex_patterns.cli.parser import OneLineParser
+    from vertex_patterns.cli.train import add_train_arguments, config_from_args
     from vertex_patterns.errors import ConfigError
-    from vertex_patterns.training.cli import add_train_arguments, config_from_args
 
     parser = OneLineParser(prog="train")
     add_train_arguments(parser)

@@ -28,6 +28,6 @@ if __name__ == "__main__":
     for _sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(_sig, exit_during_startup)
 
-    from vertex_patterns.training.cli import main
+    from vertex_patterns.cli.train import main
 
     sys.exit(main())

@@ -183,7 +183,7 @@ def run_checkpoints_fan_out(args: argparse.Namespace) -> int:
 
 
 def add_train(sub: Any) -> None:
-    from vertex_patterns.training.cli import EPILOG, add_train_arguments
+    from vertex_patterns.cli.train import EPILOG, add_train_arguments
 
     p = sub.add_parser(
         "train",
@@ -197,13 +197,13 @@ def add_train(sub: Any) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from vertex_patterns.training.cli import run_train as run
+    from vertex_patterns.cli.train import run_train as run
 
     return run(args)
 
 
 def add_launch(sub: Any) -> None:
-    from vertex_patterns.launcher.cli import EPILOG, add_launch_arguments
+    from vertex_patterns.cli.launch import EPILOG, add_launch_arguments
 
     p = sub.add_parser(
         "launch",
@@ -218,6 +218,6 @@ def add_launch(sub: Any) -> None:
 
 
 def run_launch(args: argparse.Namespace) -> int:
-    from vertex_patterns.launcher.cli import run_launch as run
+    from vertex_patterns.cli.launch import run_launch as run
 
     return run(args)
