@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -242,7 +241,3 @@ def list_schedules(project: str, region: str) -> list[Any]:
     init_aiplatform(project, region)
     return list(aiplatform.PipelineJobSchedule.list())
 
-
-def emulated() -> bool:
-    """True when calls go to the local Vertex AI emulator."""
-    return bool(os.environ.get("VERTEX_AI_EMULATOR_HOST", "").strip())

@@ -15,7 +15,7 @@ from vertex_patterns.emulators.vertex import errors, logs
 from vertex_patterns.emulators.vertex.codec import parse, stamp, to_dict, to_json
 from vertex_patterns.emulators.vertex.runner import TERMINAL_STATES, CustomJobRunner
 from vertex_patterns.emulators.vertex.scenario import FaultInjector
-from vertex_patterns.emulators.vertex.store import ResourceStore, numeric_id, page
+from vertex_patterns.emulators.vertex.store import ResourceStore, cancel_and_join, numeric_id, page
 from vertex_patterns.emulators.vertex.validation import check_custom_job
 
 
@@ -193,8 +193,4 @@ class CustomJobService:
         """
         with self.store.lock:
             runners = [e.extra for e in self.jobs.entries.values()]
-        for runner in runners:
-            if runner.is_alive():
-                runner.request_cancel(grace_seconds=grace_seconds)
-        for runner in runners:
-            runner.join(timeout=grace_seconds + 10)
+        cancel_and_join(runners, grace_seconds=grace_seconds)

@@ -22,7 +22,7 @@ from vertex_patterns.emulators.vertex.codec import parse, stamp, to_dict
 from vertex_patterns.emulators.vertex.custom_jobs import done_operation
 from vertex_patterns.emulators.vertex.pipeline_runner import TERMINAL, PipelineJobRunner
 from vertex_patterns.emulators.vertex.scenario import FaultInjector
-from vertex_patterns.emulators.vertex.store import ResourceStore, page
+from vertex_patterns.emulators.vertex.store import ResourceStore, cancel_and_join, page
 from vertex_patterns.emulators.vertex.validation import PIPELINE_JOB_ID, check_pipeline_job
 
 __all__ = ["TERMINAL", "PipelineJobService"]
@@ -135,8 +135,4 @@ class PipelineJobService:
         """Cancels every unfinished job and waits for its runner."""
         with self.store.lock:
             runners = [e.extra for e in self.jobs.entries.values()]
-        for runner in runners:
-            if runner.is_alive():
-                runner.request_cancel(grace_seconds=grace_seconds)
-        for runner in runners:
-            runner.join(timeout=grace_seconds + 10)
+        cancel_and_join(runners, grace_seconds=grace_seconds)

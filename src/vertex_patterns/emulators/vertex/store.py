@@ -206,3 +206,13 @@ def page(
     chunk = kept[start:start + size]
     next_token = str(start + size) if start + size < len(kept) else ""
     return chunk, next_token
+
+
+def cancel_and_join(runners: list[Any], *, grace_seconds: float) -> None:
+    """Asks every live job runner to cancel (its processes get `grace_seconds` between SIGTERM
+    and SIGKILL), then waits for each; what `stop` does for custom and pipeline jobs alike."""
+    for runner in runners:
+        if runner.is_alive():
+            runner.request_cancel(grace_seconds=grace_seconds)
+    for runner in runners:
+        runner.join(timeout=grace_seconds + 10)
